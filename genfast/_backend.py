@@ -1,0 +1,149 @@
+"""Backends and dispatch (design.md, "Backends and dispatch").
+
+Four implementations compute every op: `reference` (plain PyTorch, the oracle), `triton`, `cuda`
+(genfast._C's CUDA kernels) and `cpu` (genfast._C's C++ kernels). The default is chosen per device;
+`GENFAST_BACKEND=name` or `with genfast.use_backend(name):` forces one, and forcing one that cannot
+run is an error, never a silent fallback.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+from dataclasses import dataclass
+
+import torch
+
+from genfast import _ext
+
+BACKENDS = ("reference", "triton", "cuda", "cpu")
+
+# The CUDA-tensor default per op: the faster of cuda/triton as recorded in benchmarks/RESULTS.md.
+# Until an op has been measured on a GPU its default is the compiled kernel, which has no JIT
+# warm-up and the lowest launch overhead.
+CUDA_DEFAULTS: dict[str, str] = {}
+
+
+class BackendUnavailableError(RuntimeError):
+    """A forced backend is not available in this installation (not built, no GPU, no Triton)."""
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    name: str
+    available: bool
+    devices: tuple[str, ...]
+    reason: str
+
+    def __str__(self) -> str:
+        state = f"available on {', '.join(self.devices)}" if self.available else "unavailable"
+        return f"{self.name:9s} {state}: {self.reason}"
+
+
+def triton_interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _triton_error() -> str | None:
+    try:
+        import triton  # noqa: F401
+    except ImportError as exc:
+        return f"Triton is not installed ({exc}); `pip install triton`"
+    return None
+
+
+def _cuda_runtime_ok() -> bool:
+    return torch.cuda.is_available()
+
+
+def backend_info(name: str) -> BackendInfo:
+    if name == "reference":
+        return BackendInfo(name, True, ("any",), "plain PyTorch, always available")
+    if name == "cpu":
+        if _ext._C is None:
+            return BackendInfo(name, False, (), _ext.EXT_ERROR or "")
+        omp = "with OpenMP" if _ext._C.with_openmp else "without OpenMP"
+        return BackendInfo(name, True, ("cpu",), f"genfast._C C++ kernels ({omp})")
+    if name == "cuda":
+        if _ext._C is None:
+            return BackendInfo(name, False, (), _ext.EXT_ERROR or "")
+        if not _ext._C.with_cuda:
+            return BackendInfo(name, False, (), "genfast._C was built without CUDA (nvcc not found or GENFAST_CUDA=0)")
+        if not _cuda_runtime_ok() or _ext._C.cuda_device_count() == 0:
+            return BackendInfo(name, False, (), "no CUDA device is visible")
+        return BackendInfo(name, True, ("cuda",), "genfast._C CUDA kernels")
+    if name == "triton":
+        err = _triton_error()
+        if err:
+            return BackendInfo(name, False, (), err)
+        devices = []
+        if _cuda_runtime_ok():
+            devices.append("cuda")
+        if triton_interpret():
+            devices.append("cpu")
+        if not devices:
+            return BackendInfo(name, False, (), "no CUDA device is visible (set TRITON_INTERPRET=1 to run on CPU tensors)")
+        how = "interpreter on CPU tensors" if "cpu" in devices else "compiled"
+        return BackendInfo(name, True, tuple(devices), f"Triton kernels ({how})")
+    raise ValueError(f"backend: unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+
+
+def backends() -> dict[str, BackendInfo]:
+    """What is available in this process, and the reason for what is not."""
+    return {name: backend_info(name) for name in BACKENDS}
+
+
+_forced: contextvars.ContextVar[str | None] = contextvars.ContextVar("genfast_backend", default=None)
+
+
+def _check_name(name: str, source: str) -> str:
+    if name not in BACKENDS:
+        raise ValueError(f"{source}: unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    return name
+
+
+@contextlib.contextmanager
+def use_backend(name: str | None):
+    """Force `name` for every genfast op called inside the block (None: back to the default)."""
+    if name is not None:
+        _check_name(name, "use_backend")
+    token = _forced.set(name)
+    try:
+        yield
+    finally:
+        _forced.reset(token)
+
+
+def forced_backend() -> str | None:
+    name = _forced.get()
+    if name is not None:
+        return name
+    env = os.environ.get("GENFAST_BACKEND", "").strip()
+    return _check_name(env, "GENFAST_BACKEND") if env else None
+
+
+def select_backend(op: str, device: torch.device, dtype: torch.dtype | None = None) -> str:
+    """The backend that runs `op` on tensors of `device`: the forced one (checked) or the default."""
+    device = torch.device(device)
+    name = forced_backend()
+    if name is not None:
+        info = backend_info(name)
+        if not info.available:
+            raise BackendUnavailableError(f"genfast backend {name!r} was requested but is unavailable: {info.reason}")
+        if name != "reference" and device.type not in info.devices:
+            raise ValueError(
+                f"device: backend {name!r} cannot run {op} on {device.type} tensors "
+                f"(it serves {', '.join(info.devices)})"
+            )
+        if dtype is not None and dtype not in _ext.DTYPE_CODES:
+            raise TypeError(f"dtype: {dtype} is not supported by genfast ops")
+        return name
+    if device.type == "cuda":
+        preferred = CUDA_DEFAULTS.get(op, "cuda")
+        for candidate in (preferred, "triton" if preferred == "cuda" else "cuda"):
+            if backend_info(candidate).available:
+                return candidate
+        return "reference"
+    if device.type == "cpu" and backend_info("cpu").available:
+        return "cpu"
+    return "reference"

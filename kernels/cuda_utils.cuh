@@ -1,0 +1,41 @@
+// Launch helpers shared by the CUDA kernels: error checks that throw (never abort), the device
+// guard and a grid size for grid-stride loops.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <stdexcept>
+#include <string>
+
+namespace genfast {
+
+inline void cuda_check(cudaError_t err, const char* what) {
+  if (err != cudaSuccess) throw std::runtime_error(std::string("genfast CUDA error in ") + what + ": " + cudaGetErrorString(err));
+}
+
+// Makes `device` current for this thread while a launcher runs.
+struct DeviceGuard {
+  int previous = -1;
+  explicit DeviceGuard(int device) {
+    cuda_check(cudaGetDevice(&previous), "cudaGetDevice");
+    if (previous != device) cuda_check(cudaSetDevice(device), "cudaSetDevice");
+  }
+  ~DeviceGuard() {
+    int now = -1;
+    if (cudaGetDevice(&now) == cudaSuccess && now != previous && previous >= 0) cudaSetDevice(previous);
+  }
+};
+
+// Enough blocks to fill the device (a few waves), never more than the work needs.
+inline unsigned grid_for(int64_t work_items, int threads, int device) {
+  static int sm_count[64] = {0};
+  int& sms = sm_count[device & 63];
+  if (sms == 0) cuda_check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
+  int64_t needed = (work_items + threads - 1) / threads;
+  int64_t cap = static_cast<int64_t>(sms) * 16;
+  int64_t g = needed < cap ? needed : cap;
+  return static_cast<unsigned>(g < 1 ? 1 : g);
+}
+
+inline void check_launch(const char* kernel) { cuda_check(cudaGetLastError(), kernel); }
+
+}  // namespace genfast
