@@ -1,0 +1,1 @@
+"""Model definitions: DCGAN, WGAN-GP critic, conv VAE / beta-VAE, class-conditional U-Net."""

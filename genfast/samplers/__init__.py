@@ -1,0 +1,1 @@
+"""Diffusion samplers: schedules, DDPM/DDIM sampling loops, the CUDA-graph-captured loop."""
