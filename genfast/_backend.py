@@ -8,8 +8,8 @@ run is an error, never a silent fallback.
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import os
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -93,7 +93,8 @@ def backends() -> dict[str, BackendInfo]:
     return {name: backend_info(name) for name in BACKENDS}
 
 
-_forced: contextvars.ContextVar[str | None] = contextvars.ContextVar("genfast_backend", default=None)
+# Per-thread, and a threading.local rather than a ContextVar because torch.compile traces the former.
+_forced = threading.local()
 
 
 def _check_name(name: str, source: str) -> str:
@@ -107,15 +108,16 @@ def use_backend(name: str | None):
     """Force `name` for every genfast op called inside the block (None: back to the default)."""
     if name is not None:
         _check_name(name, "use_backend")
-    token = _forced.set(name)
+    previous = getattr(_forced, "name", None)
+    _forced.name = name
     try:
         yield
     finally:
-        _forced.reset(token)
+        _forced.name = previous
 
 
 def forced_backend() -> str | None:
-    name = _forced.get()
+    name = getattr(_forced, "name", None)
     if name is not None:
         return name
     env = os.environ.get("GENFAST_BACKEND", "").strip()

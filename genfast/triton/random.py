@@ -9,6 +9,8 @@ import torch
 import triton
 import triton.language as tl
 
+from genfast.triton.common import cast_rne
+
 PHILOX_M0: tl.constexpr = tl.constexpr(0xD2511F53)
 PHILOX_M1: tl.constexpr = tl.constexpr(0xCD9E8D57)
 PHILOX_W0: tl.constexpr = tl.constexpr(0x9E3779B9)
@@ -98,35 +100,44 @@ def load_stream_args(seed, offset, seed_ptr, offset_ptr, SEED_FROM_PTR: tl.const
 
 
 @triton.jit
+def _select4(k, v0, v1, v2, v3):
+    return tl.where(k == 0, v0, tl.where(k == 1, v1, tl.where(k == 2, v2, v3)))
+
+
+@triton.jit
 def _random_fill_kernel(out_ptr, n, seed, offset, seed_ptr, offset_ptr, SEED_FROM_PTR: tl.constexpr,
-                        OFFSET_FROM_PTR: tl.constexpr, NORMAL: tl.constexpr, BLOCK_Q: tl.constexpr):
-    # Each program draws BLOCK_Q Philox blocks = 4 * BLOCK_Q consecutive elements, stored as a
-    # [BLOCK_Q, 4] tile so that each block's four values go out in one 16-byte (fp32) store.
+                        OFFSET_FROM_PTR: tl.constexpr, NORMAL: tl.constexpr, BLOCK_ROWS: tl.constexpr):
+    # Each row of the [BLOCK_ROWS, 8] tile holds two consecutive Philox blocks (8 elements), so that
+    # fp16/bf16 rows go out in one 16-byte store and fp32 rows in two.
     s, o = load_stream_args(seed, offset, seed_ptr, offset_ptr, SEED_FROM_PTR, OFFSET_FROM_PTR)
     pid = tl.program_id(0).to(tl.int64)
-    q = pid * BLOCK_Q + tl.arange(0, BLOCK_Q).to(tl.int64)
+    rows = pid * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS).to(tl.int64)
     if NORMAL:
-        v0, v1, v2, v3 = normal4(s, o, q)
+        a0, a1, a2, a3 = normal4(s, o, 2 * rows)
+        b0, b1, b2, b3 = normal4(s, o, 2 * rows + 1)
     else:
-        v0, v1, v2, v3 = uniform4(s, o, q)
-    k = tl.arange(0, 4)[None, :]
-    vals = tl.where(k == 0, v0[:, None], tl.where(k == 1, v1[:, None], tl.where(k == 2, v2[:, None], v3[:, None])))
-    idx = q[:, None] * 4 + k
-    tl.store(out_ptr + idx, vals.to(out_ptr.dtype.element_ty), mask=idx < n)
+        a0, a1, a2, a3 = uniform4(s, o, 2 * rows)
+        b0, b1, b2, b3 = uniform4(s, o, 2 * rows + 1)
+    col = tl.arange(0, 8)[None, :]
+    k = col % 4
+    first = _select4(k, a0[:, None], a1[:, None], a2[:, None], a3[:, None])
+    second = _select4(k, b0[:, None], b1[:, None], b2[:, None], b3[:, None])
+    vals = tl.where(col < 4, first, second)
+    idx = rows[:, None] * 8 + col
+    tl.store(out_ptr + idx, cast_rne(vals, out_ptr.dtype.element_ty), mask=idx < n)
 
 
 def random_fill(out: torch.Tensor, seed: int, offset: int, seed_tensor: torch.Tensor | None,
-                offset_tensor: torch.Tensor | None, normal: bool) -> None:
+                offset_tensor: torch.Tensor | None, normal: bool, block_rows: int = 256) -> None:
     """Fill contiguous `out` with the stream. seed/offset: signed-int64 bit patterns of the u64 values."""
     n = out.numel()
     if n == 0:
         return
-    block_q = 512
-    grid = (triton.cdiv(triton.cdiv(n, 4), block_q),)
+    grid = (triton.cdiv(triton.cdiv(n, 8), block_rows),)
     _random_fill_kernel[grid](
         out, n, seed, offset,
         seed_tensor if seed_tensor is not None else out,
         offset_tensor if offset_tensor is not None else out,
         SEED_FROM_PTR=seed_tensor is not None, OFFSET_FROM_PTR=offset_tensor is not None,
-        NORMAL=normal, BLOCK_Q=block_q, num_warps=4,
+        NORMAL=normal, BLOCK_ROWS=block_rows, num_warps=4,
     )
