@@ -96,7 +96,7 @@ def _rows(t: torch.Tensor) -> tuple[int, int]:
 # ---------------------------------------------------------------------------------------------
 def _alpha_vector(batch: int, alpha: Optional[torch.Tensor], stream: Stream, device) -> torch.Tensor:
     if alpha is not None:
-        return alpha.float()
+        return alpha
     return reference_uniform(batch, stream, device)
 
 
