@@ -13,8 +13,9 @@ void gp_norm_penalty_backward_cpu(uintptr_t grad_out, uintptr_t grad, uintptr_t 
 #ifdef GENFAST_WITH_CUDA
 void gp_interpolate_cuda(uintptr_t real, uintptr_t fake, uintptr_t out, uintptr_t alpha, int alpha_dtype,
                          int64_t batch, int64_t row, int dtype, StreamArgs rng, uintptr_t stream, int device);
-void gp_norm_penalty_cuda(uintptr_t grad, uintptr_t norms, uintptr_t penalty, uintptr_t counter, int64_t batch,
-                          int64_t row, int dtype, float weight, float center, int mode, uintptr_t stream, int device);
+void gp_norm_penalty_cuda(uintptr_t grad, uintptr_t norms, uintptr_t penalty, uintptr_t partials, int64_t capacity,
+                          uintptr_t counter, int64_t batch, int64_t row, int dtype, float weight, float center, int mode,
+                          uintptr_t stream, int device);
 void gp_norm_penalty_backward_cuda(uintptr_t grad_out, uintptr_t grad, uintptr_t norms, uintptr_t out, int64_t batch,
                                    int64_t row, int dtype, float weight, float center, int mode, uintptr_t stream,
                                    int device);

@@ -185,8 +185,9 @@ void launch_interpolate(uintptr_t real, uintptr_t fake, uintptr_t out, uintptr_t
 }
 
 template <typename T>
-void launch_norm_penalty(uintptr_t grad, uintptr_t norms, uintptr_t penalty, uintptr_t counter, int64_t batch,
-                         int64_t row, float weight, float center, int mode, cudaStream_t s) {
+void launch_norm_penalty(uintptr_t grad, uintptr_t norms, uintptr_t penalty, uintptr_t partials, int64_t capacity,
+                         uintptr_t counter, int64_t batch, int64_t row, float weight, float center, int mode,
+                         cudaStream_t s) {
   // ~1024 blocks whatever B and row are (chunks of whole tiles), as the Triton launcher does.
   const int64_t tile = static_cast<int64_t>(kThreads) * Pack<T>::N;
   const int64_t per_sample = batch >= 1024 ? 1 : 1024 / batch;
@@ -194,14 +195,13 @@ void launch_norm_penalty(uintptr_t grad, uintptr_t norms, uintptr_t penalty, uin
   const int64_t chunk_len = (((r + per_sample - 1) / per_sample + tile - 1) / tile) * tile;
   const int64_t chunks = (r + chunk_len - 1) / chunk_len;
   check_grid(batch * chunks);
-  float* partials = nullptr;
-  // partials: batch * chunks floats, from the stream-ordered allocator (graph-capturable).
-  cuda_check(cudaMallocAsync(reinterpret_cast<void**>(&partials), sizeof(float) * batch * chunks, s), "cudaMallocAsync");
+  // partials: batch * chunks <= max(batch, 1024) floats, allocated by the caller (torch's allocator)
+  check_arg(batch * chunks <= capacity, "partials: buffer too small (needs max(B, 1024) floats)");
   norm_penalty_kernel<T><<<static_cast<unsigned>(batch * chunks), kThreads, 0, s>>>(
-      reinterpret_cast<const T*>(grad), partials, reinterpret_cast<unsigned int*>(counter), reinterpret_cast<float*>(norms),
+      reinterpret_cast<const T*>(grad), reinterpret_cast<float*>(partials), reinterpret_cast<unsigned int*>(counter),
+      reinterpret_cast<float*>(norms),
       reinterpret_cast<T*>(penalty), batch, row, chunks, chunk_len, weight, center, mode, vectorizable<T>(row, {grad}));
   check_launch("gp norm_penalty_kernel");
-  cuda_check(cudaFreeAsync(partials, s), "cudaFreeAsync");
 }
 
 template <typename T>
@@ -233,19 +233,20 @@ void gp_interpolate_cuda(uintptr_t real, uintptr_t fake, uintptr_t out, uintptr_
   }
 }
 
-void gp_norm_penalty_cuda(uintptr_t grad, uintptr_t norms, uintptr_t penalty, uintptr_t counter, int64_t batch,
-                          int64_t row, int dtype, float weight, float center, int mode, uintptr_t stream, int device) {
+void gp_norm_penalty_cuda(uintptr_t grad, uintptr_t norms, uintptr_t penalty, uintptr_t partials, int64_t capacity,
+                          uintptr_t counter, int64_t batch, int64_t row, int dtype, float weight, float center, int mode,
+                          uintptr_t stream, int device) {
   gp_check_common(batch, row, dtype, "grad");
   gp_check_mode(mode);
   if (batch == 0) return;
-  check_arg(norms && penalty && counter && (row == 0 || grad), "grad/norms/penalty/counter: null data pointer");
+  check_arg(norms && penalty && counter && partials && (row == 0 || grad), "grad/norms/penalty/partials/counter: null data pointer");
   DeviceGuard guard(device);
   auto s = reinterpret_cast<cudaStream_t>(stream);
   switch (dtype) {
-    case kFloat32: launch_norm_penalty<float>(grad, norms, penalty, counter, batch, row, weight, center, mode, s); break;
-    case kFloat16: launch_norm_penalty<__half>(grad, norms, penalty, counter, batch, row, weight, center, mode, s); break;
+    case kFloat32: launch_norm_penalty<float>(grad, norms, penalty, partials, capacity, counter, batch, row, weight, center, mode, s); break;
+    case kFloat16: launch_norm_penalty<__half>(grad, norms, penalty, partials, capacity, counter, batch, row, weight, center, mode, s); break;
     case kBFloat16:
-      launch_norm_penalty<__nv_bfloat16>(grad, norms, penalty, counter, batch, row, weight, center, mode, s);
+      launch_norm_penalty<__nv_bfloat16>(grad, norms, penalty, partials, capacity, counter, batch, row, weight, center, mode, s);
       break;
   }
 }

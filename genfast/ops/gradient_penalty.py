@@ -215,7 +215,9 @@ def _np_cpu(grad, weight, center, mode, penalty, norms):
 def _np_cuda(grad, weight, center, mode, penalty, norms):
     b, row = _rows(grad)
     counter = _ticket_counter(grad.device)
-    _ext._C.gp_norm_penalty_cuda(grad.data_ptr(), norms.data_ptr(), penalty.data_ptr(), counter.data_ptr(), b, row,
+    partials = torch.empty(max(b, 1024), dtype=torch.float32, device=grad.device)  # the launcher uses <= max(B, 1024)
+    _ext._C.gp_norm_penalty_cuda(grad.data_ptr(), norms.data_ptr(), penalty.data_ptr(), partials.data_ptr(),
+                                 partials.numel(), counter.data_ptr(), b, row,
                                  _ext.dtype_code(grad), float(weight), float(center), mode, _ext.cuda_stream(grad),
                                  _ext.device_index(grad))
 
