@@ -306,3 +306,29 @@ def test_triton_aot_sm90(kernel):
             {"MODE": 1, "BLOCK": 2048}, divisible=("row",))
         assert widest_global_store_bits(ptx) >= 128
         assert widest_global_load_bits(ptx) >= 128
+
+
+def test_noncontiguous_grad_seed_tensor_and_empty_batch(backend_device):
+    name, device = backend_device
+    base = torch.randn(9, 6, device=device)
+    g = base.t()  # [6, 9], non-contiguous
+    g1 = g.clone().requires_grad_(True)
+    g2 = g.detach().requires_grad_(True)  # non-contiguous leaf
+    p2 = gradient_norm_penalty(g2, mode="one-sided", center=2.0)
+    p1 = gradient_norm_penalty(g1, mode="one-sided", center=2.0)
+    torch.testing.assert_close(p1, p2, rtol=1e-6, atol=1e-6)
+    p1.backward()
+    p2.backward()
+    torch.testing.assert_close(g1.grad, g2.grad, rtol=1e-6, atol=1e-7)
+    # a seed given as a device tensor (what a captured CUDA graph reads) draws the same alphas as the int
+    real, fake = torch.randn(5, 7, device=device), torch.randn(5, 7, device=device)
+    seed_t = torch.tensor([1234], dtype=torch.int64, device=device)
+    offset_t = torch.tensor([2], dtype=torch.int64, device=device)
+    torch.testing.assert_close(interpolate(real, fake, seed=seed_t, offset=offset_t),
+                               interpolate(real, fake, seed=1234, offset=2), rtol=0, atol=0)
+    # no samples: the mean over nothing is NaN (as torch.mean), and nothing crashes
+    e = torch.zeros(0, 4, device=device, requires_grad=True)
+    p = gradient_norm_penalty(e)
+    assert torch.isnan(p)
+    p.backward()
+    assert e.grad.shape == (0, 4)
