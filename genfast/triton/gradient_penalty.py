@@ -11,6 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
+from genfast.triton.common import cast_rne
 from genfast.triton.random import load_stream_args, stream_value
 
 MODE_TWO_SIDED: tl.constexpr = tl.constexpr(0)
@@ -36,7 +37,7 @@ def _interpolate_kernel(real_ptr, fake_ptr, out_ptr, alpha_ptr, row, chunks, see
     r = tl.load(real_ptr + idx, mask=mask, other=0.0).to(tl.float32)
     f = tl.load(fake_ptr + idx, mask=mask, other=0.0).to(tl.float32)
     x = alpha * r + (1.0 - alpha) * f
-    tl.store(out_ptr + idx, x.to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptr + idx, cast_rne(x, out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -81,7 +82,7 @@ def _norm_penalty_kernel(g_ptr, partial_ptr, counter_ptr, norms_ptr, penalty_ptr
             pen = 0.5 * weight * mean
         else:
             pen = weight * mean
-        tl.store(penalty_ptr, pen.to(penalty_ptr.dtype.element_ty))
+        tl.store(penalty_ptr, cast_rne(pen, penalty_ptr.dtype.element_ty))
         tl.atomic_xchg(counter_ptr, 0, sem="relaxed")  # zero again for the next launch
 
 
@@ -106,7 +107,7 @@ def _norm_penalty_backward_kernel(go_ptr, g_ptr, norms_ptr, out_ptr, row, chunks
     mask = j < row
     idx = b * row + j
     g = tl.load(g_ptr + idx, mask=mask, other=0.0).to(tl.float32)
-    tl.store(out_ptr + idx, (g * scale).to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptr + idx, cast_rne(g * scale, out_ptr.dtype.element_ty), mask=mask)
 
 
 def _block_for(row: int) -> int:
