@@ -341,3 +341,79 @@ def test_triton_aot_sm90(dtype):
     ptx = compile_sm90(tv._vae_backward_kernel, bwd_sig, bwd_const, divisible=("D",))
     assert widest_global_load_bits(ptx) == 128
     assert widest_global_store_bits(ptx) == 128
+
+
+# ----------------------------------------------------------------------------------------------
+# ConvVAE, VAE losses, beta schedules.
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("size,channels", [(28, 1), (32, 3), (64, 3)])
+def test_conv_vae_shapes_and_backward(size, channels):
+    from genfast.models import ConvVAE
+    from genfast.losses import vae_loss
+
+    torch.manual_seed(0)
+    model = ConvVAE(image_size=size, in_channels=channels, latent_dim=8)
+    x = torch.rand(2, channels, size, size)
+    recon, mu, logvar, z, kl = model(x, seed=4)
+    assert recon.shape == x.shape
+    assert mu.shape == logvar.shape == z.shape == (2, 8)
+    assert kl.shape == ()
+    eps = randn((2, 8), seed=4)
+    torch.testing.assert_close(z, mu + torch.exp(0.5 * logvar) * eps, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(kl, (-0.5 * (1 + logvar - mu**2 - logvar.exp())).sum(1).mean(), rtol=1e-5, atol=1e-6)
+    loss = vae_loss(recon, x, kl)
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    assert model.sample(3, seed=1).shape == (3, channels, size, size)
+
+
+def test_conv_vae_custom_channels_and_bad_size():
+    from genfast.models import ConvVAE
+
+    m = ConvVAE(image_size=32, in_channels=3, latent_dim=4, hidden_channels=(8, 16), likelihood="gaussian")
+    out = m(torch.randn(1, 3, 32, 32), seed=0)
+    assert out[0].shape == (1, 3, 32, 32)
+    with pytest.raises(ValueError, match="image_size"):
+        ConvVAE(image_size=30)
+
+
+def test_reconstruction_nll_hand_formulas():
+    from genfast.losses import vae_loss, vae_reconstruction_nll
+
+    torch.manual_seed(1)
+    x = torch.rand(3, 1, 4, 4)
+    logits = torch.randn(3, 1, 4, 4)
+    p = torch.sigmoid(logits)
+    bce = -(x * p.log() + (1 - x) * (1 - p).log()).reshape(3, -1).sum(1)
+    torch.testing.assert_close(vae_reconstruction_nll(logits, x, "bernoulli", reduction="none"), bce, rtol=1e-5,
+                               atol=1e-5)
+    sigma = 0.7
+    gauss = ((x - logits) ** 2 / (2 * sigma**2) + math.log(sigma) + 0.5 * math.log(2 * math.pi)).reshape(3, -1).sum(1)
+    torch.testing.assert_close(vae_reconstruction_nll(logits, x, "gaussian", sigma=sigma), gauss.mean())
+    kl = torch.tensor(2.5)
+    torch.testing.assert_close(vae_loss(logits, x, kl, beta=4.0), bce.mean() + 10.0, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(vae_loss(logits, x, kl, capacity=3.0, gamma=100.0), bce.mean() + 50.0, rtol=1e-5,
+                               atol=1e-4)
+    with pytest.raises(ValueError, match="likelihood"):
+        vae_reconstruction_nll(logits, x, "poisson")
+    with pytest.raises(ValueError, match="gamma"):
+        vae_loss(logits, x, kl, capacity=3.0)
+
+
+def test_beta_schedules():
+    from genfast.losses import (CapacitySchedule, ConstantBeta, CyclicalBeta, LinearWarmupBeta, beta_vae_loss,
+                                vae_loss)
+
+    assert ConstantBeta(4.0)(0) == ConstantBeta(4.0)(10**6) == 4.0
+    warm = LinearWarmupBeta(beta=2.0, warmup_steps=100)
+    assert [warm(s) for s in (0, 25, 100, 500)] == [0.0, 0.5, 2.0, 2.0]
+    cyc = CyclicalBeta(beta=1.0, cycle_steps=100, ratio=0.5, n_cycles=2)
+    assert [cyc(s) for s in (0, 25, 50, 99, 100, 125, 199, 200, 225)] == [0.0, 0.5, 1.0, 1.0, 0.0, 0.5, 1.0, 1.0, 1.0]
+    cap = CapacitySchedule(c_max=25.0, steps=1000, gamma=1000.0)
+    assert [cap(s) for s in (0, 400, 1000, 2000)] == [0.0, 10.0, 25.0, 25.0]
+    kl = torch.tensor(12.0)
+    assert cap.loss(kl, 400).item() == pytest.approx(2000.0)
+    x = torch.rand(2, 1, 4, 4)
+    logits = torch.randn(2, 1, 4, 4)
+    torch.testing.assert_close(beta_vae_loss(logits, x, kl, 400, cap), vae_loss(logits, x, kl) - kl + 2000.0)
+    torch.testing.assert_close(beta_vae_loss(logits, x, kl, 25, warm), vae_loss(logits, x, kl, beta=0.5))
