@@ -2,6 +2,7 @@
 its torch.library registration."""
 from genfast.ops.random import rand, randn
 from genfast.ops.gradient_penalty import gradient_norm_penalty, gradient_penalty, interpolate
+from genfast.ops.vae import reparameterize, reparameterize_kl
 
-__all__ = ["rand", "randn"]
-__all__ += ["gradient_penalty", "interpolate", "gradient_norm_penalty"]
+__all__ = ["rand", "randn", "gradient_penalty", "interpolate", "gradient_norm_penalty", "reparameterize",
+           "reparameterize_kl"]
