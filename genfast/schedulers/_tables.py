@@ -27,6 +27,16 @@ class DeviceTables:
         return tables
 
 
+SMALLEST_ALPHA = 1.401298464324817e-45  # the smallest positive float32
+
+
+def positive_alpha(alpha: float) -> float:
+    """alphas_cumprod[T-1] is exactly 0 with rescale_betas_zero_snr; the op wants alphas in (0, 1] (see
+    API_REQUESTS.md), so 0 becomes the smallest positive float32: sqrt of it is 4e-23, so v- and
+    sample-prediction results agree with diffusers' to that; epsilon-prediction is undefined there anyway."""
+    return alpha if alpha > 0.0 else SMALLEST_ALPHA
+
+
 def prediction_options(config) -> dict:
     """The op keywords from a scheduler config, read at every step (pipelines may change the config
     after construction with register_to_config)."""

@@ -9,7 +9,7 @@ from genfast.samplers.schedules import make_betas, make_timesteps
 from genfast.schedulers._common import (KARRAS_COMPATIBLES, ConfigMixin, DDIMSchedulerOutput, SchedulerMixin,
                                         StreamState, check_eta, check_step_inputs, device_lookup, host_timestep,
                                         is_device_timestep, randn_like_diffusers, register_to_config)
-from genfast.schedulers._tables import DeviceTables, prediction_options
+from genfast.schedulers._tables import DeviceTables, positive_alpha, prediction_options
 
 
 class DDIMScheduler(SchedulerMixin, ConfigMixin):
@@ -77,7 +77,7 @@ class DDIMScheduler(SchedulerMixin, ConfigMixin):
             return device_lookup(tables[0], timestep), device_lookup(tables[1], timestep)
         t = host_timestep(timestep, T)
         prev = t - ratio
-        return self._alphas_host[t], (self._alphas_host[prev] if prev >= 0 else self._final_host)
+        return positive_alpha(self._alphas_host[t]), (self._alphas_host[prev] if prev >= 0 else self._final_host)
 
     def _build_device_tables(self, ratio: int):
         ac = self.alphas_cumprod

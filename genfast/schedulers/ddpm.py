@@ -9,7 +9,7 @@ from genfast.samplers.schedules import make_betas, make_timesteps
 from genfast.schedulers._common import (KARRAS_COMPATIBLES, ConfigMixin, DDPMSchedulerOutput, SchedulerMixin,
                                         StreamState, check_step_inputs, device_lookup, host_timestep,
                                         is_device_timestep, randn_like_diffusers, register_to_config)
-from genfast.schedulers._tables import DeviceTables, prediction_options
+from genfast.schedulers._tables import DeviceTables, positive_alpha, prediction_options
 
 VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range")
 
@@ -140,7 +140,7 @@ class DDPMScheduler(SchedulerMixin, ConfigMixin):
         else:
             t = host_timestep(timestep, len(self._alphas_host))
             p = self.previous_timestep(t)
-            alpha_t = self._alphas_host[t]
+            alpha_t = positive_alpha(self._alphas_host[t])
             alpha_prev = self._alphas_host[p] if p >= 0 else 1.0
             add_noise = draws = t > 0
         noise, seed, offset = None, None, 0
