@@ -100,7 +100,7 @@ def _reference_step(kind: int, sample: torch.Tensor, model: torch.Tensor, cond: 
     else:
         x0 = a_t ** 0.5 * x - beta_t ** 0.5 * m
         eps = a_t ** 0.5 * m + beta_t ** 0.5 * x
-    if threshold_ratio is not None:
+    if threshold_ratio is not None and x0.numel() > 0:
         B = x0.shape[0]
         flat = x0.reshape(B, -1)
         s = torch.quantile(flat.abs(), threshold_ratio, dim=1) if flat.shape[1] > 0 else flat.new_ones(B)
@@ -353,6 +353,12 @@ def _check_float(value, name: str, allow_none: bool = False):
     return value
 
 
+@torch.compiler.assume_constant_result
+def _select_backend(device: torch.device) -> str:
+    # Dynamo cannot trace the ContextVar lookup; the choice is a trace-time constant anyway.
+    return _backend.select_backend("diffusion_step", device)
+
+
 def _prepare(kind, sample, model_output, alpha_prod_t, alpha_prod_t_prev, eta, prediction_type, clip_sample_range,
              thresholding, use_clipped_model_output, guidance_scale, noise, seed, offset, return_pred_original,
              variance_type, add_noise):
@@ -455,7 +461,7 @@ def _prepare(kind, sample, model_output, alpha_prod_t, alpha_prod_t_prev, eta, p
 
     if sample.dtype not in _ext.DTYPE_CODES:
         raise TypeError(f"sample: unsupported dtype {sample.dtype} (float32, float16, bfloat16, float64)")
-    backend = _backend.select_backend("diffusion_step", sample.device)
+    backend = _select_backend(sample.device)
     if not sample.is_contiguous():
         sample = sample.contiguous()
     if not model.is_contiguous():
