@@ -217,3 +217,55 @@ def test_graph_equals_eager_and_draws_fresh_noise(kind):
     torch.testing.assert_close(replay[2], replay[0], rtol=0, atol=0)
     assert not torch.allclose(replay[0], replay[1])
     clear_graphs(unet)
+
+
+class _ReplayByRerun:
+    """Stands in for a CUDA graph on the CPU: replay re-runs the captured body into the static output."""
+
+    def __init__(self, body, out):
+        self.body, self.out, self.replays = body, out, 0
+
+    def replay(self):
+        self.out.copy_(self.body())
+        self.replays += 1
+
+
+def test_graph_bookkeeping_on_cpu(monkeypatch):
+    """The graph path's static buffers, seed tensor and cache, with capture replaced by re-running the
+    body (the real capture needs CUDA; see the GPU test above): the first call is the eager warm-up,
+    later calls replay with a new seed and new inputs and equal the eager loop, without re-capture."""
+    from genfast.samplers import clear_graphs, graph
+
+    captures = []
+
+    def fake_capture(body, device):
+        g = _ReplayByRerun(body, body())
+        captures.append(g)
+        return g, g.out
+
+    monkeypatch.setattr(graph, "_check_device", lambda x: None)
+    monkeypatch.setattr(graph, "_warm_up", lambda body, device: body().clone())
+    monkeypatch.setattr(graph, "_capture", fake_capture)
+    sched = NoiseSchedule.from_config(num_train_timesteps=50)
+    model = ToyModel()
+    labels = torch.tensor([0, 1, 2])
+    kw = dict(steps=4, eta=1.0, class_labels=labels, guidance_scale=2.0, progress=False)
+    x1, x2 = torch.randn(SHAPE), torch.randn(SHAPE)
+    eager = {(i, s): sample_ddim(model, x, sched, seed=s, **kw) for i, x in ((1, x1), (2, x2)) for s in (3, 4)}
+    assert torch.equal(sample_ddim(model, x1, sched, seed=3, graph=True, **kw), eager[(1, 3)])  # warm-up
+    assert len(captures) == 1
+    for (i, s), expected in eager.items():
+        out = sample_ddim(model, x1 if i == 1 else x2, sched, seed=s, graph=True, **kw)
+        torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    assert len(captures) == 1 and captures[0].replays == 4
+    # new class labels go through the static buffers too
+    other = sample_ddim(model, x1, sched, seed=3, graph=True, **{**kw, "class_labels": torch.tensor([2, 2, 2])})
+    assert len(captures) == 1 and not torch.equal(other, eager[(1, 3)])
+    # a different shape or option captures anew
+    sample_ddim(model, x1[:2], sched, seed=3, graph=True, **{**kw, "class_labels": labels[:2]})
+    sample_ddim(model, x1, sched, seed=3, graph=True, **{**kw, "eta": 0.5})
+    assert len(captures) == 3
+    clear_graphs(model)
+    sample_ddim(model, x1, sched, seed=3, graph=True, **kw)
+    assert len(captures) == 4
+    clear_graphs()

@@ -9,11 +9,13 @@ step index), so eager and graph runs with the same seed give the same samples.
 
 Requirements: the model must be capturable (no host syncs, no data-dependent control flow, no
 allocation-order tricks) and deterministic; its parameters must not be replaced between calls
-(in-place updates are seen by the replay). Captured graphs are kept per model (weakly) and key; call
-`clear_graphs(model)` to drop them.
+(in-place updates are seen by the replay). Captured graphs are kept per model object (weakly; a
+bound method counts as its instance) and key, so pass the same model object on each call (a lambda
+made anew per call re-captures every time); `clear_graphs(model)` drops them.
 """
 from __future__ import annotations
 
+import inspect
 import weakref
 from dataclasses import dataclass
 
@@ -50,6 +52,29 @@ def _load(static: dict, new: dict) -> None:
             static[k].copy_(v, non_blocking=True)
 
 
+def _check_device(x: torch.Tensor) -> None:
+    if x.device.type != "cuda":
+        raise ValueError(f"graph: graph=True needs CUDA tensors, x is on {x.device}")
+
+
+def _warm_up(body, device):
+    """Run the loop once on a side stream (what capture needs), returning its result."""
+    side = torch.cuda.Stream(device=device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        out = body().clone()
+    torch.cuda.current_stream(device).wait_stream(side)
+    return out
+
+
+def _capture(body, device):
+    """Capture the loop into a CUDA graph; its output tensor is static (rewritten by each replay)."""
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = body()
+    return graph, out
+
+
 def clear_graphs(model=None) -> None:
     """Drop captured graphs (of one model, or all)."""
     if model is None:
@@ -66,14 +91,17 @@ def clear_graphs(model=None) -> None:
 def run_graphed(model, x: torch.Tensor, plan, seed: int) -> torch.Tensor:
     from genfast.samplers.sampling import Plan, denoise
 
-    if x.device.type != "cuda":
-        raise ValueError(f"graph: graph=True needs CUDA tensors, x is on {x.device}")
+    _check_device(x)
     key = (plan.key(), tuple(x.shape), x.dtype, str(x.device), _tensor_signature(plan.cond),
            _tensor_signature(plan.uncond))
+    owner = model
+    if inspect.ismethod(model):  # a bound method is a new object on every access: key by its instance
+        owner = model.__self__
+        key = key + (model.__func__,)
     try:
-        per_model = _GRAPHS.setdefault(model, {})
+        per_model = _GRAPHS.setdefault(owner, {})
     except TypeError:  # not weak-referenceable: keyed by id, holding the model so the id stays its own
-        per_model = _GRAPHS_BY_ID.setdefault(id(model), {"_model": model})
+        per_model = _GRAPHS_BY_ID.setdefault(id(owner), {"_model": owner})
     captured = per_model.get(key)
     seed_value = to_signed64(seed)
     if captured is None:
@@ -82,15 +110,12 @@ def run_graphed(model, x: torch.Tensor, plan, seed: int) -> torch.Tensor:
         static_cond, static_uncond = _static_copy(plan.cond), _static_copy(plan.uncond)
         static_plan = Plan(plan.kind, plan.table, plan.start, plan.step_kwargs, plan.guidance_scale, static_cond,
                            static_uncond)
-        side = torch.cuda.Stream(device=x.device)
-        side.wait_stream(torch.cuda.current_stream(x.device))
-        with torch.cuda.stream(side):
-            # warm-up: the eager loop itself (reading the same seed tensor), its result is this call's
-            warm = denoise(model, static_x, static_plan, static_seed).clone()
-        torch.cuda.current_stream(x.device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            static_out = denoise(model, static_x, static_plan, static_seed)
+
+        def body():
+            return denoise(model, static_x, static_plan, static_seed)
+
+        warm = _warm_up(body, x.device)  # the eager loop itself, reading the same seed tensor
+        graph, static_out = _capture(body, x.device)
         per_model[key] = _Captured(graph, static_x, static_seed, static_cond, static_uncond, static_out)
         return warm
     captured.static_x.copy_(x, non_blocking=True)
