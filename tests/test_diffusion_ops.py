@@ -388,8 +388,7 @@ def _triton_signature(dtype):
     }
 
 
-@pytest.mark.parametrize("dtype,cpr", [("fp32", 1), ("fp16", 2), ("bf16", 2)])
-@pytest.mark.parametrize("kind,noise_src", [(0, 2), (1, 2), (0, 0)])
+@pytest.mark.parametrize("dtype,cpr,kind,noise_src", [("fp32", 1, 0, 2), ("fp16", 2, 1, 2), ("bf16", 2, 0, 0)])
 def test_triton_compiles_for_sm90_with_16_byte_accesses(dtype, cpr, kind, noise_src):
     pytest.importorskip("triton")
     from triton_aot import compile_sm90, widest_global_load_bits, widest_global_store_bits

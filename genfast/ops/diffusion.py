@@ -141,8 +141,7 @@ def _reference_step(kind: int, sample: torch.Tensor, model: torch.Tensor, cond: 
             z = reference_normal(x.numel(), stream, device).view(x.shape).to(cdt)
         prev = prev + std * z
     prev = prev.to(out_dtype)
-    x0_out = x0.to(out_dtype) if want_x0 else sample.new_empty((0,))
-    return prev, x0_out
+    return prev, (x0.to(out_dtype) if want_x0 else None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -221,7 +220,7 @@ def _compiled_step(kind, sample, model, cond, guidance_scale, alpha_t, alpha_pre
     out = torch.empty_like(sample)
     out_x0 = torch.empty_like(sample) if want_x0 else None
     if sample.numel() == 0:
-        return out, (out_x0 if want_x0 else sample.new_empty((0,)))
+        return out, out_x0
     thresh, weight = None, 0.0
     if threshold_ratio is not None:
         lo, hi, weight = _threshold_bounds(kind, sample, model, cond, guidance_scale, alpha_t, alpha_prev,
@@ -231,7 +230,7 @@ def _compiled_step(kind, sample, model, cond, guidance_scale, alpha_t, alpha_pre
     _run_kernel(backend, kind, out, out_x0, sample, model, cond, guidance_scale, alpha_t, alpha_prev, alpha_t_tensor,
                 alpha_prev_tensor, eta, prediction_type, clip_range, thresh, weight, threshold_max, use_clipped,
                 variance_type, noise_mode, noise_src, noise, stream)
-    return out, (out_x0 if want_x0 else sample.new_empty((0,)))
+    return out, out_x0
 
 
 def _has_kernel(backend: str) -> bool:
@@ -286,10 +285,11 @@ def diffusion_step_op(
     want_x0: bool,
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    return _impl(kind, sample, model_output, cond_output, guidance_scale, alpha_t, alpha_prev, alpha_t_tensor,
+    prev, x0 = _impl(kind, sample, model_output, cond_output, guidance_scale, alpha_t, alpha_prev, alpha_t_tensor,
                  alpha_prev_tensor, eta, prediction_type, clip_range, threshold_ratio, threshold_max, use_clipped,
                  variance_type, noise_mode, noise_src, noise, seed, offset, seed_tensor, offset_tensor, want_x0,
                  backend)
+    return prev, (x0 if x0 is not None else sample.new_empty((0,)))
 
 
 @diffusion_step_op.register_fake
@@ -353,10 +353,28 @@ def _check_float(value, name: str, allow_none: bool = False):
     return value
 
 
+_DEFAULT_BACKEND: dict[str, str] = {}
+_AVAILABLE: dict[str, bool] = {}
+
+
 @torch.compiler.assume_constant_result
 def _select_backend(device: torch.device) -> str:
     # Dynamo cannot trace the ContextVar lookup; the choice is a trace-time constant anyway.
-    return _backend.select_backend("diffusion_step", device)
+    # Eager fast path: the default per device type and the availability of a forced backend do not change
+    # within a process, so they are cached (launch overhead dominates small steps); the checks and errors
+    # are select_backend's own.
+    forced = _backend.forced_backend()
+    if forced is None:
+        name = _DEFAULT_BACKEND.get(device.type)
+        if name is None:
+            name = _DEFAULT_BACKEND[device.type] = _backend.select_backend("diffusion_step", device)
+        return name
+    if _AVAILABLE.get(forced) and (forced == "reference" or device.type == "cpu" and forced == "cpu"
+                                   or device.type == "cuda" and forced in ("cuda", "triton")):
+        return forced
+    name = _backend.select_backend("diffusion_step", device)
+    _AVAILABLE[name] = True
+    return name
 
 
 def _prepare(kind, sample, model_output, alpha_prod_t, alpha_prod_t_prev, eta, prediction_type, clip_sample_range,
