@@ -52,6 +52,7 @@ NOISE_NEVER, NOISE_ALWAYS, NOISE_AUTO = 0, 1, 2
 # noise sources inside the op
 SRC_NONE, SRC_TENSOR, SRC_STREAM = 0, 1, 2
 
+_U64_MASK = (1 << 64) - 1
 _COMPILED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -185,23 +186,27 @@ def _run_kernel(backend, kind, out, out_x0, sample, model, cond, guidance_scale,
 def _ext_args(kind, out, out_x0, sample, model, cond, guidance_scale, alpha_t, alpha_prev, alpha_t_tensor,
               alpha_prev_tensor, eta, prediction_type, clip_range, thresh, threshold_weight, threshold_max,
               use_clipped, variance_type, noise_mode, noise_src, noise, stream, mode_abs_x0):
-    B = sample.shape[0] if sample.dim() > 0 else 1
     n = sample.numel()
-    inner = n // B if B > 0 else 0
+    B = sample.shape[0]
+    codes = _ext.DTYPE_CODES
     s = stream
     return (
-        kind, int(mode_abs_x0), n, inner,
-        out.data_ptr(), _ext.data_ptr(out_x0), sample.data_ptr(), model.data_ptr(), _ext.data_ptr(cond),
-        _ext.data_ptr(noise), _ext.dtype_code(sample), _ext.dtype_code(noise) if noise is not None else 0,
-        _ext.data_ptr(alpha_t_tensor), alpha_t_tensor is not None and alpha_t_tensor.dim() == 1,
-        _ext.data_ptr(alpha_prev_tensor), alpha_prev_tensor is not None and alpha_prev_tensor.dim() == 1,
-        float(alpha_t), float(alpha_prev), float(eta), prediction_type, variance_type,
-        cond is not None, float(guidance_scale),
-        clip_range is not None, float(clip_range or 0.0),
-        _ext.data_ptr(thresh[0] if thresh else None), _ext.data_ptr(thresh[1] if thresh else None),
-        float(threshold_weight), float(threshold_max), bool(use_clipped), noise_mode, noise_src,
-        (s.seed & (2**64 - 1)) if s else 0, (s.offset & (2**64 - 1)) if s else 0,
-        _ext.data_ptr(s.seed_tensor) if s else 0, _ext.data_ptr(s.offset_tensor) if s else 0,
+        kind, int(mode_abs_x0), n, n // B if B > 0 else 0,
+        out.data_ptr(), out_x0.data_ptr() if out_x0 is not None else 0, sample.data_ptr(), model.data_ptr(),
+        cond.data_ptr() if cond is not None else 0,
+        noise.data_ptr() if noise is not None else 0, codes[sample.dtype], codes[noise.dtype] if noise is not None else 0,
+        alpha_t_tensor.data_ptr() if alpha_t_tensor is not None else 0,
+        alpha_t_tensor is not None and alpha_t_tensor.dim() == 1,
+        alpha_prev_tensor.data_ptr() if alpha_prev_tensor is not None else 0,
+        alpha_prev_tensor is not None and alpha_prev_tensor.dim() == 1,
+        alpha_t, alpha_prev, eta, prediction_type, variance_type,
+        cond is not None, guidance_scale,
+        clip_range is not None, clip_range or 0.0,
+        thresh[0].data_ptr() if thresh else 0, thresh[1].data_ptr() if thresh else 0,
+        threshold_weight, threshold_max, use_clipped, noise_mode, noise_src,
+        (s.seed & _U64_MASK) if s else 0, (s.offset & _U64_MASK) if s else 0,
+        s.seed_tensor.data_ptr() if s and s.seed_tensor is not None else 0,
+        s.offset_tensor.data_ptr() if s and s.offset_tensor is not None else 0,
     )
 
 
@@ -211,7 +216,11 @@ def _run_cpu(*args):
 
 def _run_cuda(*args):
     out = args[1]
-    _ext._C.diffusion_step_cuda(*_ext_args(*args), _ext.cuda_stream(out), _ext.device_index(out))
+    index = _ext.device_index(out)
+    # the raw current stream without building a torch.cuda.Stream object (host overhead per step)
+    raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+    stream = raw(index) if raw is not None else _ext.cuda_stream(out)
+    _ext._C.diffusion_step_cuda(*_ext_args(*args), stream, index)
 
 
 def _compiled_step(kind, sample, model, cond, guidance_scale, alpha_t, alpha_prev, alpha_t_tensor, alpha_prev_tensor,
@@ -320,6 +329,11 @@ def _check_tensor(t, name: str) -> torch.Tensor:
 
 
 def _check_alpha(value, name: str, sample: torch.Tensor) -> tuple[float, Optional[torch.Tensor]]:
+    if type(value) is float and 0.0 < value <= 1.0:  # the common case, checked first (host overhead)
+        return value, None
+    if type(value) is torch.Tensor and value.dtype == torch.float32 and value.dim() == 0 and \
+            value.device == sample.device:
+        return 1.0, value
     if isinstance(value, torch.Tensor):
         if not value.is_floating_point():
             raise TypeError(f"{name}: expected a floating-point tensor, got {value.dtype}")
