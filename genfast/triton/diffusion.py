@@ -26,14 +26,14 @@ def _clamp_nan(v, lo, hi):
 
 
 @triton.jit
-def _load_alpha(value, ptr, b, MODE: tl.constexpr):
+def _load_alpha(value, ptr, b, mask, MODE: tl.constexpr):
     # MODE 0: the scalar argument; 1: a 0-dim device tensor; 2: per sample [B]
     if MODE == 0:
         a = value
     elif MODE == 1:
         a = tl.load(ptr).to(tl.float32)
     else:
-        a = tl.load(ptr + b).to(tl.float32)
+        a = tl.load(ptr + b, mask=mask, other=0.5).to(tl.float32)
     return a
 
 
@@ -71,8 +71,8 @@ def _diffusion_step_kernel(
         m = m + guidance_scale * (c - m)
 
     # per-sample coefficients (diffusers' expressions, fp32)
-    a_t = _load_alpha(alpha_t, at_ptr, b, AT_MODE)
-    a_p = _load_alpha(alpha_prev, ap_ptr, b, AP_MODE)
+    a_t = _load_alpha(alpha_t, at_ptr, b, mask, AT_MODE)
+    a_p = _load_alpha(alpha_prev, ap_ptr, b, mask, AP_MODE)
     beta_t = 1.0 - a_t
     sa = _sqrt(a_t)
     sb = _sqrt(beta_t)
@@ -89,8 +89,8 @@ def _diffusion_step_kernel(
         tl.store(out_ptr + idx, tl.abs(x0), mask=mask)
     else:
         if THRESH:
-            lo = tl.load(lo_ptr + b)
-            hi = tl.load(hi_ptr + b)
+            lo = tl.load(lo_ptr + b, mask=mask, other=1.0)
+            hi = tl.load(hi_ptr + b, mask=mask, other=1.0)
             q = tl.where(thresh_weight < 0.5, lo + thresh_weight * (hi - lo), hi - (hi - lo) * (1.0 - thresh_weight))
             s = _clamp_nan(q, 1.0, thresh_max)
             x0c = _clamp_nan(x0, -s, s) / s
