@@ -1,8 +1,9 @@
 """genfast's fused ops. Each module holds an op's reference, its backend dispatch, its autograd and
 its torch.library registration."""
 from genfast.ops.random import rand, randn
+from genfast.ops.diffusion import ddim_step, ddpm_step
 from genfast.ops.gradient_penalty import gradient_norm_penalty, gradient_penalty, interpolate
 from genfast.ops.vae import reparameterize, reparameterize_kl
 
-__all__ = ["rand", "randn", "gradient_penalty", "interpolate", "gradient_norm_penalty", "reparameterize",
-           "reparameterize_kl"]
+__all__ = ["rand", "randn", "ddim_step", "ddpm_step", "gradient_penalty", "interpolate", "gradient_norm_penalty",
+           "reparameterize", "reparameterize_kl"]

@@ -1,0 +1,270 @@
+"""DDPM and DDIM sampling loops over any model(x, t, **cond), with the step as genfast's fused op.
+
+    x = sample_ddim(model, noise, schedule, steps=50, eta=0.0, class_labels=y, guidance_scale=4.0)
+
+`schedule` is a NoiseSchedule, a genfast or diffusers DDIM/DDPM scheduler or a scheduler config (its
+prediction type, clipping / thresholding and variance type become the defaults). Classifier-free
+guidance runs cond and uncond in one model call ([uncond; cond] along the batch) and the guidance
+mix happens inside the step kernel. Noise for step i (index in the full inference schedule) is
+genfast's stream at (seed, offset=i); img2img's initial noise is at offset INIT_NOISE_OFFSET. The
+eager loop and the CUDA-graph replay (graph=True, see genfast.samplers.graph) use exactly this scheme,
+so they give the same samples for the same seed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import torch
+
+from genfast.ops._stream import draw_seed
+from genfast.ops.diffusion import ddim_step, ddpm_step
+from genfast.samplers.schedules import NoiseSchedule, StepTable
+
+INIT_NOISE_OFFSET = 1 << 40  # img2img's noise: far from the per-step offsets 0..steps-1
+_CONFIG = object()  # "take it from the scheduler config"
+_SMALLEST_ALPHA = 1.401298464324817e-45
+
+
+@dataclass
+class Plan:
+    """Everything a sampling run needs besides the model and the input: built once per call."""
+
+    kind: str
+    table: StepTable
+    start: int
+    step_kwargs: dict
+    guidance_scale: float | None
+    cond: dict = field(default_factory=dict)
+    uncond: dict = field(default_factory=dict)
+
+    def key(self) -> tuple:
+        """What a captured graph depends on (besides shapes of the input and the cond tensors)."""
+        opts = tuple(sorted((k, v if not isinstance(v, list) else tuple(v)) for k, v in self.step_kwargs.items()))
+        return (self.kind, id(self.table), self.start, opts, self.guidance_scale)
+
+
+def _config_of(schedule) -> Mapping[str, Any] | None:
+    if isinstance(schedule, NoiseSchedule):
+        return None
+    if isinstance(schedule, Mapping):
+        return schedule
+    config = getattr(schedule, "config", None)
+    if config is None:
+        raise TypeError(f"schedule: expected a NoiseSchedule, a DDIM/DDPM scheduler or its config, got "
+                        f"{type(schedule).__name__}")
+    return config
+
+
+_SCHEDULE_CACHE: dict = {}
+
+
+def _noise_schedule(schedule, config) -> NoiseSchedule:
+    if config is None:
+        return schedule
+    key = repr(sorted((k, repr(v)) for k, v in dict(config).items()))
+    sched = _SCHEDULE_CACHE.get(key)
+    if sched is None:  # one NoiseSchedule (and its device tables) per distinct config
+        sched = NoiseSchedule.from_config(**{k: v for k, v in dict(config).items() if not k.startswith("_")})
+        _SCHEDULE_CACHE[key] = sched
+    return sched
+
+
+def _options(config, prediction_type, clip_sample_range, thresholding) -> dict:
+    opts = {"prediction_type": "epsilon", "clip_sample_range": None, "thresholding": None}
+    if config is not None:
+        opts["prediction_type"] = config.get("prediction_type", "epsilon")
+        if config.get("thresholding", False):
+            opts["thresholding"] = (float(config.get("dynamic_thresholding_ratio", 0.995)),
+                                    float(config.get("sample_max_value", 1.0)))
+        elif config.get("clip_sample", False):
+            opts["clip_sample_range"] = float(config.get("clip_sample_range", 1.0))
+    if prediction_type is not _CONFIG:
+        opts["prediction_type"] = prediction_type
+    if clip_sample_range is not _CONFIG:
+        opts["clip_sample_range"] = clip_sample_range
+        if clip_sample_range is not None and thresholding is _CONFIG:
+            opts["thresholding"] = None
+    if thresholding is not _CONFIG:
+        opts["thresholding"] = None if thresholding is None else tuple(thresholding)
+    return opts
+
+
+def _check_cond(cond, name: str) -> dict:
+    if cond is None:
+        return {}
+    if not isinstance(cond, Mapping):
+        raise TypeError(f"{name}: expected a dict of model keyword arguments, got {type(cond).__name__}")
+    return dict(cond)
+
+
+def _merge_guidance(cond: dict, uncond: dict, batch: int) -> dict:
+    """[uncond; cond] along the batch for every tensor keyword; other values must agree."""
+    if set(cond) != set(uncond):
+        raise ValueError(f"uncond: keys {sorted(uncond)} differ from cond's {sorted(cond)}")
+    merged = {}
+    for k, c in cond.items():
+        u = uncond[k]
+        if isinstance(c, torch.Tensor):
+            if not isinstance(u, torch.Tensor) or u.shape != c.shape:
+                raise ValueError(f"uncond: {k!r} must be a tensor shaped like cond's {tuple(c.shape)}")
+            if c.dim() == 0 or c.shape[0] != batch:
+                raise ValueError(f"cond: {k!r} must have the batch size {batch} as its first dimension")
+            merged[k] = torch.cat([u, c], dim=0)
+        else:
+            if u != c:
+                raise ValueError(f"uncond: non-tensor argument {k!r} must equal cond's")
+            merged[k] = c
+    return merged
+
+
+def _progress(iterable, enabled: bool, total: int, desc: str):
+    if not enabled:
+        return iterable
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # no tqdm: no bar
+        return iterable
+    return tqdm(iterable, total=total, desc=desc, leave=False)
+
+
+def _model_output(out):
+    if isinstance(out, torch.Tensor):
+        return out
+    if hasattr(out, "sample"):  # diffusers' UNet2DOutput
+        return out.sample
+    if isinstance(out, (tuple, list)):
+        return out[0]
+    raise TypeError(f"model: expected a tensor (or an output with .sample), got {type(out).__name__}")
+
+
+def denoise(model: Callable, x: torch.Tensor, plan: Plan, seed, progress: bool = False) -> torch.Tensor:
+    """The loop itself: eager, or traced once into a CUDA graph (then `seed` is a device tensor and
+    everything here runs on the device without host syncs)."""
+    table = plan.table
+    batch = x.shape[0]
+    guided = plan.guidance_scale is not None
+    kwargs = _merge_guidance(plan.cond, plan.uncond, batch) if guided else plan.cond
+    steps = range(plan.start, len(table))
+    for i in _progress(steps, progress, len(steps), f"genfast {plan.kind}"):
+        t = table.timesteps[i]
+        a_t = table.alpha_prod_t_host[i]
+        a_prev = table.alpha_prod_t_prev_host[i]
+        a_t = a_t if a_t > 0 else _SMALLEST_ALPHA  # zero terminal SNR (see schedulers._tables.positive_alpha)
+        if guided:
+            out = _model_output(model(torch.cat([x, x], dim=0), t.expand(2 * batch), **kwargs))
+            model_output = tuple(out.chunk(2, dim=0))
+        else:
+            model_output = _model_output(model(x, t.expand(batch), **kwargs))
+        if plan.kind == "ddim":
+            x = ddim_step(x, model_output, a_t, a_prev, guidance_scale=plan.guidance_scale, seed=seed, offset=i,
+                          **plan.step_kwargs)
+        else:
+            x = ddpm_step(x, model_output, a_t, a_prev, guidance_scale=plan.guidance_scale, seed=seed, offset=i,
+                          add_noise=table.adds_noise_host[i], **plan.step_kwargs)
+    return x
+
+
+def _prepare(kind, model, x, schedule, steps, strength, seed, cond, uncond, class_labels, null_class,
+             guidance_scale, step_kwargs):
+    if not callable(model):
+        raise TypeError(f"model: expected a callable model(x, t, **cond), got {type(model).__name__}")
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise TypeError(f"x: expected a floating-point tensor, got {type(x).__name__ if not isinstance(x, torch.Tensor) else x.dtype}")
+    if x.dim() < 1 or x.shape[0] == 0:
+        raise ValueError(f"x: expected a non-empty batch, got shape {tuple(x.shape)}")
+    config = _config_of(schedule)
+    sched = _noise_schedule(schedule, config)
+    if steps is None:
+        steps = sched.num_train_timesteps
+    table = sched.table(kind, steps, x.device)
+    if not (isinstance(strength, (int, float)) and 0.0 < strength <= 1.0):
+        raise ValueError(f"strength: must lie in (0, 1], got {strength!r}")
+    cond = _check_cond(cond, "cond")
+    uncond = _check_cond(uncond, "uncond")
+    if class_labels is not None:
+        if not isinstance(class_labels, torch.Tensor) or class_labels.shape != (x.shape[0],):
+            raise ValueError(f"class_labels: expected a [{x.shape[0]}] tensor of labels")
+        cond["class_labels"] = class_labels.to(x.device)
+        if guidance_scale is not None:
+            if null_class is None:
+                null_class = getattr(model, "null_class", None)
+            if null_class is None:
+                raise ValueError("null_class: guidance with class_labels needs the null (unconditional) class; pass "
+                                 "null_class= or use a model with a .null_class attribute")
+            uncond["class_labels"] = torch.full_like(cond["class_labels"], int(null_class))
+    if guidance_scale is not None:
+        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)):
+            raise TypeError(f"guidance_scale: expected a float, got {type(guidance_scale).__name__}")
+        guidance_scale = float(guidance_scale)
+        if not cond:
+            raise ValueError("guidance_scale: classifier-free guidance needs cond (or class_labels) to guide towards")
+    elif uncond:
+        raise ValueError("uncond: given without guidance_scale")
+    # diffusers' img2img: the last int(steps * strength) steps run, from x noised to the first of them
+    run = min(int(len(table) * strength), len(table))
+    if run == 0:
+        raise ValueError(f"strength: {strength} x {len(table)} steps leaves no step to run")
+    start = len(table) - run
+    if seed is None:
+        seed = draw_seed()
+    elif isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < (1 << 64):
+        raise ValueError(f"seed: expected an int in [0, 2**64), got {seed!r}")
+    plan = Plan(kind, table, start, step_kwargs, guidance_scale, cond, uncond)
+    if strength < 1.0:
+        from genfast.ops.random import randn
+
+        a = table.alpha_prod_t_host[start]
+        noise = randn(x.shape, seed=seed, offset=INIT_NOISE_OFFSET, dtype=torch.float32, device=x.device)
+        x = (a ** 0.5 * x.float() + (1 - a) ** 0.5 * noise).to(x.dtype)
+    return plan, x, seed
+
+
+def _run(model, x, plan, seed, progress, graph):
+    if graph:
+        from genfast.samplers.graph import run_graphed
+
+        return run_graphed(model, x, plan, seed)
+    return denoise(model, x, plan, seed, progress)
+
+
+def sample_ddim(model: Callable, x: torch.Tensor, schedule, *, steps: int = 50, eta: float = 0.0,
+                prediction_type=_CONFIG, clip_sample_range=_CONFIG, thresholding=_CONFIG,
+                use_clipped_model_output: bool = False, cond: Mapping | None = None, uncond: Mapping | None = None,
+                class_labels: torch.Tensor | None = None, null_class: int | None = None,
+                guidance_scale: float | None = None, strength: float = 1.0, seed: int | None = None,
+                progress: bool = True, graph: bool = False) -> torch.Tensor:
+    """DDIM (Song et al. 2021) from x: pure noise (strength=1) or an image to edit (strength < 1,
+    img2img: noised to the first of the last int(steps * strength) steps, which then run).
+
+    model(x, t, **cond) -> prediction (epsilon / sample / v as prediction_type); t is an int64 [B]
+    tensor. cond / uncond: model keyword arguments (tensors batched along dim 0); class_labels: a [B]
+    tensor, with guidance the null class (null_class or model.null_class) is the unconditional one.
+    guidance_scale: classifier-free guidance weight (cond and uncond in one model call). eta: noise
+    weight (0 = deterministic DDIM, 1 = DDPM-like). seed: genfast's stream seed (None: drawn from torch's
+    default generator). graph=True (CUDA): the loop is captured once as a CUDA graph and replayed.
+    """
+    config = _config_of(schedule)
+    kwargs = _options(config, prediction_type, clip_sample_range, thresholding)
+    kwargs.update(eta=float(eta), use_clipped_model_output=bool(use_clipped_model_output))
+    plan, x, seed = _prepare("ddim", model, x, schedule, steps, strength, seed, cond, uncond, class_labels,
+                             null_class, guidance_scale, kwargs)
+    return _run(model, x, plan, seed, progress, graph)
+
+
+def sample_ddpm(model: Callable, x: torch.Tensor, schedule, *, steps: int | None = None, variance_type=_CONFIG,
+                prediction_type=_CONFIG, clip_sample_range=_CONFIG, thresholding=_CONFIG,
+                cond: Mapping | None = None, uncond: Mapping | None = None, class_labels: torch.Tensor | None = None,
+                null_class: int | None = None, guidance_scale: float | None = None, strength: float = 1.0,
+                seed: int | None = None, progress: bool = True, graph: bool = False) -> torch.Tensor:
+    """Ancestral DDPM sampling (Ho et al. 2020); steps=None runs every training timestep, fewer steps
+    skip through the schedule as diffusers' DDPMScheduler does. variance_type as diffusers' (learned and
+    learned_range take a model output with 2C channels). Other arguments as sample_ddim."""
+    config = _config_of(schedule)
+    kwargs = _options(config, prediction_type, clip_sample_range, thresholding)
+    if variance_type is _CONFIG:
+        variance_type = (config or {}).get("variance_type", "fixed_small")
+    kwargs["variance_type"] = variance_type
+    plan, x, seed = _prepare("ddpm", model, x, schedule, steps, strength, seed, cond, uncond, class_labels,
+                             null_class, guidance_scale, kwargs)
+    return _run(model, x, plan, seed, progress, graph)

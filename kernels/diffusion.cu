@@ -1,0 +1,200 @@
+// CUDA kernel of genfast.ops.ddim_step / ddpm_step (math: kernels/diffusion.cuh).
+// Each thread step handles one group of 4 * kCPR consecutive elements (16 bytes of fp32, or of
+// fp16/bf16 with kCPR = 2): 16-byte loads and stores when aligned, kCPR Philox calls for the group's
+// noise (one call per four elements), int64 indices, grid-stride loop. Per-sample coefficients are
+// recomputed only when a group crosses into the next batch sample (no per-element division).
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "cuda_utils.cuh"
+#include "diffusion.h"
+#include "philox.cuh"
+
+namespace genfast {
+namespace {
+
+template <typename T> __device__ __forceinline__ float to_f(T v);
+template <> __device__ __forceinline__ float to_f<float>(float v) { return v; }
+template <> __device__ __forceinline__ float to_f<__half>(__half v) { return __half2float(v); }
+template <> __device__ __forceinline__ float to_f<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
+template <typename T> __device__ __forceinline__ T from_f(float v);
+template <> __device__ __forceinline__ float from_f<float>(float v) { return v; }
+template <> __device__ __forceinline__ __half from_f<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
+__device__ __forceinline__ float load_any(uintptr_t base, int dtype, int64_t i) {
+  switch (dtype) {
+    case kFloat32: return reinterpret_cast<const float*>(base)[i];
+    case kFloat16: return __half2float(reinterpret_cast<const __half*>(base)[i]);
+    case kBFloat16: return __bfloat162float(reinterpret_cast<const __nv_bfloat16*>(base)[i]);
+    default: return static_cast<float>(reinterpret_cast<const double*>(base)[i]);
+  }
+}
+
+// Load kG elements starting at ptr + i into fp32 (16-byte vector loads when `vec`).
+template <typename T, int kG>
+__device__ __forceinline__ void load_group(const T* __restrict__ ptr, int64_t i, int64_t n_valid, bool vec, float* dst) {
+  if (vec) {
+    alignas(16) T buf[kG];
+#pragma unroll
+    for (int k = 0; k < kG * (int)sizeof(T) / 16; ++k)
+      reinterpret_cast<uint4*>(buf)[k] = __ldg(reinterpret_cast<const uint4*>(ptr + i) + k);
+#pragma unroll
+    for (int k = 0; k < kG; ++k) dst[k] = to_f<T>(buf[k]);
+  } else {
+#pragma unroll
+    for (int k = 0; k < kG; ++k) dst[k] = k < n_valid ? to_f<T>(ptr[i + k]) : 0.0f;
+  }
+}
+
+template <typename T, int kG>
+__device__ __forceinline__ void store_group(T* __restrict__ ptr, int64_t i, int64_t n_valid, bool vec, const float* src) {
+  if (vec) {
+    alignas(16) T buf[kG];
+#pragma unroll
+    for (int k = 0; k < kG; ++k) buf[k] = from_f<T>(src[k]);
+#pragma unroll
+    for (int k = 0; k < kG * (int)sizeof(T) / 16; ++k) reinterpret_cast<uint4*>(ptr + i)[k] = reinterpret_cast<const uint4*>(buf)[k];
+  } else {
+#pragma unroll
+    for (int k = 0; k < kG; ++k)
+      if (k < n_valid) ptr[i + k] = from_f<T>(src[k]);
+  }
+}
+
+__device__ __forceinline__ float alpha_at(const float* ptr, bool each, float value, int64_t b) {
+  return ptr ? ptr[each ? b : 0] : value;
+}
+
+template <typename T, int kCPR>
+__global__ void __launch_bounds__(256) diffusion_step_kernel(const StepParams p, bool aligned) {
+  constexpr int kG = 4 * kCPR;
+  const uint64_t seed = p.seed_ptr ? static_cast<uint64_t>(*reinterpret_cast<const int64_t*>(p.seed_ptr)) : p.seed;
+  const uint64_t offset = p.offset_ptr ? static_cast<uint64_t>(*reinterpret_cast<const int64_t*>(p.offset_ptr)) : p.offset;
+  const float* at_ptr = reinterpret_cast<const float*>(p.alpha_t_ptr);
+  const float* ap_ptr = reinterpret_cast<const float*>(p.alpha_prev_ptr);
+  const float* lo_ptr = reinterpret_cast<const float*>(p.thresh_lo);
+  const float* hi_ptr = reinterpret_cast<const float*>(p.thresh_hi);
+  const T* sample = reinterpret_cast<const T*>(p.sample);
+  const T* model = reinterpret_cast<const T*>(p.model);
+  const T* cond = reinterpret_cast<const T*>(p.cond);
+  const bool learned = p.kind == kDDPM && (p.variance_type == kLearned || p.variance_type == kLearnedRange);
+  const bool thresholding = p.thresh_lo != 0 && !p.mode_abs_x0;
+  const bool per_sample = p.alpha_t_per_sample || p.alpha_prev_per_sample || thresholding;
+  const bool with_noise = !p.mode_abs_x0 && p.noise_mode != kNoiseNever && p.noise_src != kSrcNone;
+  const int64_t n = p.n, inner = p.inner;
+  const StepCoeffs base = step_coeffs(p.kind, p.variance_type, p.noise_mode, p.eta, alpha_at(at_ptr, false, p.alpha_t, 0),
+                                      alpha_at(ap_ptr, false, p.alpha_prev, 0));
+  const int64_t groups = (n + kG - 1) / kG;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t g = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; g < groups; g += stride) {
+    const int64_t i0 = g * kG;
+    const int64_t n_valid = n - i0 < kG ? n - i0 : kG;
+    const bool vec = aligned && n_valid == kG;
+    float x[kG], m[kG], v[kG], z[kG], prev[kG], x0[kG];
+    load_group<T, kG>(sample, i0, n_valid, vec, x);
+    int64_t b = per_sample || learned ? i0 / inner : 0;
+    const int64_t b_last = per_sample || learned ? (i0 + n_valid - 1) / inner : 0;
+    if (!learned) {
+      load_group<T, kG>(model, i0, n_valid, vec, m);
+      if (p.guidance) {
+        float c[kG];
+        load_group<T, kG>(cond, i0, n_valid, vec, c);
+#pragma unroll
+        for (int k = 0; k < kG; ++k) m[k] = m[k] + p.guidance_scale * (c[k] - m[k]);
+      }
+    } else {
+      // 2C channels: prediction at b*2*inner + j, variance inner elements later (scalar loads)
+      int64_t bb = b;
+#pragma unroll
+      for (int k = 0; k < kG; ++k) {
+        const int64_t i = i0 + k;
+        if (i >= (bb + 1) * inner) ++bb;
+        const int64_t mi = i + bb * inner;
+        if (k < n_valid) {
+          float mm = to_f<T>(model[mi]);
+          if (p.guidance) mm = mm + p.guidance_scale * (to_f<T>(cond[mi]) - mm);
+          m[k] = mm;
+          v[k] = to_f<T>((p.guidance ? cond : model)[mi + inner]);
+        } else {
+          m[k] = 0.0f;
+          v[k] = 1.0f;
+        }
+      }
+    }
+    if (with_noise) {
+      if (p.noise_src == kSrcStream) {
+#pragma unroll
+        for (int c = 0; c < kCPR; ++c) {
+          const F32x4 nz = normal4(philox_block(seed, offset, static_cast<uint64_t>(g * kCPR + c)));
+          z[4 * c + 0] = nz.x;
+          z[4 * c + 1] = nz.y;
+          z[4 * c + 2] = nz.z;
+          z[4 * c + 3] = nz.w;
+        }
+      } else {
+#pragma unroll
+        for (int k = 0; k < kG; ++k) z[k] = k < n_valid ? load_any(p.noise, p.noise_dtype, i0 + k) : 0.0f;
+      }
+    }
+    StepCoeffs c = base;
+    float s = 1.0f;
+    if (per_sample) {
+      c = step_coeffs(p.kind, p.variance_type, p.noise_mode, p.eta, alpha_at(at_ptr, p.alpha_t_per_sample, p.alpha_t, b),
+                      alpha_at(ap_ptr, p.alpha_prev_per_sample, p.alpha_prev, b));
+      if (thresholding) s = threshold_scale(lo_ptr[b], hi_ptr[b], p.thresh_weight, p.thresh_max);
+    }
+    if (p.mode_abs_x0) {
+      float* out = reinterpret_cast<float*>(p.out);
+      for (int k = 0; k < n_valid; ++k) {
+        if (per_sample && b != b_last && i0 + k >= (b + 1) * inner) {
+          ++b;
+          c = step_coeffs(p.kind, p.variance_type, p.noise_mode, p.eta, alpha_at(at_ptr, p.alpha_t_per_sample, p.alpha_t, b),
+                          alpha_at(ap_ptr, p.alpha_prev_per_sample, p.alpha_prev, b));
+        }
+        out[i0 + k] = fabsf(step_x0(p.prediction_type, c, x[k], m[k]));
+      }
+      continue;
+    }
+#pragma unroll
+    for (int k = 0; k < kG; ++k) {
+      if (per_sample && b != b_last && i0 + k >= (b + 1) * inner && k < n_valid) {  // the group crosses a sample
+        ++b;
+        c = step_coeffs(p.kind, p.variance_type, p.noise_mode, p.eta, alpha_at(at_ptr, p.alpha_t_per_sample, p.alpha_t, b),
+                        alpha_at(ap_ptr, p.alpha_prev_per_sample, p.alpha_prev, b));
+        if (thresholding) s = threshold_scale(lo_ptr[b], hi_ptr[b], p.thresh_weight, p.thresh_max);
+      }
+      prev[k] = step_element(p, c, x[k], m[k], v[k], z[k], with_noise, thresholding, s, x0[k]);
+    }
+    store_group<T, kG>(reinterpret_cast<T*>(p.out), i0, n_valid, vec, prev);
+    if (p.out_x0) store_group<T, kG>(reinterpret_cast<T*>(p.out_x0), i0, n_valid, vec, x0);
+  }
+}
+
+template <typename T, int kCPR>
+void launch(const StepParams& p, cudaStream_t stream, int device) {
+  constexpr int kThreads = 256;
+  const int64_t groups = (p.n + 4 * kCPR - 1) / (4 * kCPR);
+  auto a16 = [](uintptr_t ptr) { return ptr % 16 == 0; };
+  const bool learned = p.kind == kDDPM && (p.variance_type == kLearned || p.variance_type == kLearnedRange);
+  const bool aligned = a16(p.sample) && a16(p.out) && a16(p.out_x0) && (learned || a16(p.model)) &&
+                       (learned || !p.guidance || a16(p.cond)) && !p.mode_abs_x0;
+  diffusion_step_kernel<T, kCPR><<<grid_for(groups, kThreads, device), kThreads, 0, stream>>>(p, aligned);
+  check_launch("diffusion_step_kernel");
+}
+
+}  // namespace
+
+void diffusion_step_cuda(const StepParams& p, uintptr_t stream, int device) {
+  check_step_params(p);
+  if (p.n == 0) return;
+  DeviceGuard guard(device);
+  auto s = reinterpret_cast<cudaStream_t>(stream);
+  switch (p.dtype) {
+    case kFloat32: launch<float, 1>(p, s, device); break;
+    case kFloat16: launch<__half, 2>(p, s, device); break;
+    case kBFloat16: launch<__nv_bfloat16, 2>(p, s, device); break;
+  }
+}
+
+}  // namespace genfast
