@@ -142,11 +142,11 @@ def fused_penalty_ops(real, fake, g, seed):
     return x, p, dg
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, nargs="*", default=None)
     parser.add_argument("--ndf", type=int, default=None)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     batches = args.batches or ([64, 256] if cuda else [4])

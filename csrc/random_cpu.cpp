@@ -1,20 +1,30 @@
 // CPU kernel of genfast.ops.rand / randn: one Philox call per four consecutive elements.
 #include "random.h"
 #include "philox.cuh"
+#include "stream_cpu.h"
 
 namespace genfast {
 namespace {
 
+constexpr int64_t kChunk = 4096;  // elements per task: a multiple of 4, so chunks start on a counter
+
 template <typename T>
 void fill(T* out, int64_t n, uint64_t seed, uint64_t offset, bool normal) {
-  const int64_t nq = (n + 3) / 4;
-#pragma omp parallel for schedule(static) if (nq > 16384)
-  for (int64_t q = 0; q < nq; ++q) {
-    const U32x4 r = philox_block(seed, offset, static_cast<uint64_t>(q));
-    const F32x4 v = normal ? normal4(r) : uniform4(r);
-    const int64_t base = q * 4;
-    const int64_t len = n - base < 4 ? n - base : 4;
-    for (int k = 0; k < len; ++k) Convert<T>::store(out + base + k, component(v, k));
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+#pragma omp parallel for schedule(static) if (chunks > 4)
+  for (int64_t c = 0; c < chunks; ++c) {
+    alignas(64) float buf[kChunk];
+    const int64_t base = c * kChunk;
+    const int64_t len = n - base < kChunk ? n - base : kChunk;
+    if (normal) {
+      stream_normals_cpu(seed, offset, base, len, buf);
+    } else {
+      for (int64_t q = 0; q < (len + 3) / 4; ++q) {
+        const F32x4 v = uniform4(philox_block(seed, offset, static_cast<uint64_t>(base / 4 + q)));
+        buf[4 * q] = v.x; buf[4 * q + 1] = v.y; buf[4 * q + 2] = v.z; buf[4 * q + 3] = v.w;
+      }
+    }
+    for (int64_t k = 0; k < len; ++k) Convert<T>::store(out + base + k, buf[k]);
   }
 }
 

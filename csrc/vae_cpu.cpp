@@ -13,6 +13,7 @@
 #endif
 
 #include "philox.cuh"
+#include "stream_cpu.h"
 #include "vae.cuh"
 #include "vae.h"
 
@@ -22,104 +23,9 @@ namespace {
 constexpr int64_t kChunk = 2048;   // columns per task chunk (a multiple of 4)
 constexpr int64_t kRowGroups = 8;  // row groups (bounds the per-column partial buffer to 8 * D floats)
 
-// Box-Muller with branch-free float approximations that the compiler vectorizes (libm's scalar logf,
-// sinf and cosf dominate the CPU time otherwise). Both agree with libm to about 1-2 ulps, within the
-// "few ulps" that genfast's normals promise across backends; the uniforms are bit-identical.
-inline float bits_to_float(uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; }
-inline uint32_t float_to_bits(float f) { uint32_t u; std::memcpy(&u, &f, 4); return u; }
-
-// log(x) for normal positive x: x = 2^e * m with m in [sqrt(1/2), sqrt(2)), log m = 2 atanh(f / (2 + f)).
-inline float log_approx(float x) {
-  uint32_t ix = float_to_bits(x);
-  ix += 0x3f800000u - 0x3f3504f3u;  // so that the exponent rounds m into [sqrt(1/2), sqrt(2))
-  const int e = static_cast<int>(ix >> 23) - 0x7f;
-  const float m = bits_to_float((ix & 0x007fffffu) + 0x3f3504f3u);
-  const float f = m - 1.0f;
-  const float sv = f / (2.0f + f);
-  const float s2 = sv * sv;
-  const float poly = s2 * (0.6666666666667f + s2 * (0.4f + s2 * (0.2857142857f + s2 * 0.2222222222f)));
-  const float log_m = 2.0f * sv + sv * poly;
-  return static_cast<float>(e) * 0.693147180559945f + log_m;
-}
-
-// sin and cos of a in [0, 6.3): quadrant k = round(a / (pi/2)), r = a - k pi/2 (Cody-Waite), |r| <= pi/4.
-inline void sincos_approx(float a, float& s, float& c) {
-  const int k = static_cast<int>(a * 0.636619772367581f + 0.5f);
-  const float kf = static_cast<float>(k);
-  float r = a - kf * 1.5703125f;
-  r -= kf * 4.837512969970703125e-4f;
-  r -= kf * 7.54978995489188216e-8f;
-  const float r2 = r * r;
-  const float sp = r + r * r2 * (-1.6666654611e-1f + r2 * (8.3321608736e-3f + r2 * -1.9515295891e-4f));
-  const float cp = 1.0f - 0.5f * r2 + r2 * r2 * (4.166664568298827e-2f + r2 * (-1.388731625493765e-3f + r2 * 2.443315711809948e-5f));
-  // Quadrant by bit operations (no branches, so the loop vectorizes): odd k swaps sin and cos, and
-  // k = 2, 3 negates sin, k = 1, 2 negates cos.
-  const uint32_t q = static_cast<uint32_t>(k);
-  const uint32_t swap = 0u - (q & 1u);
-  const uint32_t sb = float_to_bits(sp), cb = float_to_bits(cp);
-  s = bits_to_float(((sb & ~swap) | (cb & swap)) ^ ((q & 2u) << 30));
-  c = bits_to_float(((cb & ~swap) | (sb & swap)) ^ (((q + 1u) & 2u) << 30));
-}
-
-constexpr int kBatch = 64;  // Philox counters per vectorized batch
-
-// Box-Muller on kBatch pairs of words (a, b) -> (radius * cos, radius * sin). Plain arithmetic loops
-// the compiler vectorizes; the sqrt goes through SSE directly (std::sqrt's errno path blocks that).
-void box_muller_batch(const uint32_t* __restrict__ a, const uint32_t* __restrict__ b, float* __restrict__ cos_out,
-                      float* __restrict__ sin_out) {
-  alignas(64) float r2[kBatch];
-#pragma omp simd
-  for (int c = 0; c < kBatch; ++c) {
-    // word_to_uniform with a signed conversion (< 2^23, so exact and identical), which SSE2 vectorizes.
-    const float u0 = (static_cast<float>(static_cast<int32_t>(a[c] >> 9)) + 0.5f) * 1.1920928955078125e-07f;
-    const float u1 = (static_cast<float>(static_cast<int32_t>(b[c] >> 9)) + 0.5f) * 1.1920928955078125e-07f;
-    r2[c] = -2.0f * log_approx(u0);
-    float sn, cs;
-    sincos_approx(6.28318548202514648438f * u1, sn, cs);
-    cos_out[c] = cs;
-    sin_out[c] = sn;
-  }
-#if defined(__SSE2__)
-  for (int c = 0; c < kBatch; c += 4) _mm_store_ps(r2 + c, _mm_sqrt_ps(_mm_load_ps(r2 + c)));
-#else
-  for (int c = 0; c < kBatch; ++c) r2[c] = std::sqrt(r2[c]);
-#endif
-#pragma omp simd
-  for (int c = 0; c < kBatch; ++c) {
-    cos_out[c] *= r2[c];
-    sin_out[c] *= r2[c];
-  }
-}
-
-// eps[0 .. n) = stream elements [first, first + n).
+// eps[0 .. n) = stream elements [first, first + n) (csrc/stream_cpu.cpp, vectorized).
 inline void draw_normals(float* eps, int64_t first, int64_t n, uint64_t seed, uint64_t offset) {
-  int64_t i = first;
-  const int64_t end = first + n;
-  auto scalar_block = [&](int64_t stop) {
-    while (i < stop) {
-      const F32x4 v = normal4(philox_block(seed, offset, static_cast<uint64_t>(i / 4)));
-      const float vals[4] = {v.x, v.y, v.z, v.w};
-      for (int k = static_cast<int>(i % 4); k < 4 && i < stop; ++k, ++i) eps[i - first] = vals[k];
-    }
-  };
-  scalar_block(std::min(end, (first + 3) / 4 * 4));  // up to a counter boundary
-  alignas(64) uint32_t w[4][kBatch];
-  alignas(64) float out[4][kBatch];
-  while (end - i >= 4 * kBatch) {
-    const uint64_t q0 = static_cast<uint64_t>(i / 4);
-    for (int c = 0; c < kBatch; ++c) {
-      const U32x4 r = philox_block(seed, offset, q0 + c);
-      w[0][c] = r.x; w[1][c] = r.y; w[2][c] = r.z; w[3][c] = r.w;
-    }
-    box_muller_batch(w[0], w[1], out[0], out[1]);
-    box_muller_batch(w[2], w[3], out[2], out[3]);
-    float* dst = eps + (i - first);
-    for (int c = 0; c < kBatch; ++c) {
-      dst[4 * c] = out[0][c]; dst[4 * c + 1] = out[1][c]; dst[4 * c + 2] = out[2][c]; dst[4 * c + 3] = out[3][c];
-    }
-    i += 4 * kBatch;
-  }
-  scalar_block(end);
+  stream_normals_cpu(seed, offset, first, n, eps);
 }
 
 inline LogvarClamp to_clamp(VaeClampArgs c) { return LogvarClamp{c.on, c.lo, c.hi}; }

@@ -51,11 +51,23 @@ def _demo(args) -> int:
     return 0
 
 
-def _bench(args) -> int:
-    from benchmarks import bench_random  # noqa: F401  (benchmarks/ ships in the repository, not the wheel)
+BENCHMARKS = {
+    "random": "bench_random",
+    "diffusion_step": "bench_diffusion_step",
+    "sampling_loop": "bench_sampling_loop",
+    "gradient_penalty": "bench_gradient_penalty",
+    "vae": "bench_vae",
+}
 
-    argv = ["--device", args.device] + (["--json", args.json] if args.json else [])
-    bench_random.main(argv)
+
+def _bench(args, extra: list[str]) -> int:
+    import importlib
+
+    try:  # benchmarks/ ships in the repository, not in the wheel
+        module = importlib.import_module(f"benchmarks.{BENCHMARKS[args.op]}")
+    except ImportError as exc:
+        raise RuntimeError(f"the benchmarks live in the genfast repository; run from its root ({exc})") from exc
+    module.main(extra)
     return 0
 
 
@@ -68,17 +80,20 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     d.add_argument("--backend", default=None, choices=["reference", "triton", "cuda", "cpu"])
-    b = sub.add_parser("bench", help="micro-benchmarks of the ops per backend (run from the repository)")
-    b.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    b.add_argument("--json", default=None)
+    b = sub.add_parser("bench", help="micro-benchmarks of an op per backend (run from the repository); "
+                       "arguments after the op go to its script, e.g. `genfast bench vae --cpu`")
+    b.add_argument("op", choices=sorted(BENCHMARKS), help="which benchmark script to run")
     return p
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    handlers = {"info": _info, "demo": _demo, "bench": _bench}
+    args, extra = build_parser().parse_known_args(argv)
+    if extra and args.command != "bench":
+        build_parser().parse_args(argv)  # reports the unknown arguments and exits 2
     try:
-        return handlers[args.command](args)
+        if args.command == "bench":
+            return _bench(args, extra)
+        return {"info": _info, "demo": _demo}[args.command](args)
     except (ValueError, TypeError, RuntimeError, OSError) as exc:
         print(f"genfast {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -33,3 +33,18 @@ def test_unavailable_backend_is_one_line_and_nonzero(capsys):
 def test_python_dash_m_entry_point():
     proc = subprocess.run([sys.executable, "-m", "genfast", "info"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "backends:" in proc.stdout
+
+
+def test_bench_runs_an_op_script_with_its_arguments(capsys, monkeypatch):
+    import os
+
+    monkeypatch.chdir(os.path.dirname(os.path.dirname(__file__)))
+    assert main(["bench", "random", "--device", "cpu", "--sizes", "10"]) == 0
+    out = capsys.readouterr().out
+    assert "torch.randn" in out and "genfast reference" in out and "% of copy BW" in out
+
+
+def test_unknown_command_arguments_are_rejected():
+    with pytest.raises(SystemExit) as exc:
+        main(["info", "--bogus"])
+    assert exc.value.code == 2
