@@ -1,6 +1,8 @@
 // Launch helpers shared by the CUDA kernels: error checks that throw (never abort), the device
 // guard and a grid size for grid-stride loops.
 #pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <stdexcept>
@@ -37,5 +39,17 @@ inline unsigned grid_for(int64_t work_items, int threads, int device) {
 }
 
 inline void check_launch(const char* kernel) { cuda_check(cudaGetLastError(), kernel); }
+
+// fp32 <-> storage type conversions of the CUDA kernels (round to nearest even, like torch's .to()).
+template <typename T> __device__ __forceinline__ float to_f32(T v);
+template <> __device__ __forceinline__ float to_f32<float>(float v) { return v; }
+template <> __device__ __forceinline__ float to_f32<double>(double v) { return static_cast<float>(v); }
+template <> __device__ __forceinline__ float to_f32<__half>(__half v) { return __half2float(v); }
+template <> __device__ __forceinline__ float to_f32<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
+template <typename T> __device__ __forceinline__ T from_f32(float v);
+template <> __device__ __forceinline__ float from_f32<float>(float v) { return v; }
+template <> __device__ __forceinline__ double from_f32<double>(float v) { return static_cast<double>(v); }
+template <> __device__ __forceinline__ __half from_f32<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
 }  // namespace genfast

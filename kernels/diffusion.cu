@@ -13,14 +13,6 @@
 namespace genfast {
 namespace {
 
-template <typename T> __device__ __forceinline__ float to_f(T v);
-template <> __device__ __forceinline__ float to_f<float>(float v) { return v; }
-template <> __device__ __forceinline__ float to_f<__half>(__half v) { return __half2float(v); }
-template <> __device__ __forceinline__ float to_f<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <typename T> __device__ __forceinline__ T from_f(float v);
-template <> __device__ __forceinline__ float from_f<float>(float v) { return v; }
-template <> __device__ __forceinline__ __half from_f<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
 __device__ __forceinline__ float load_any(uintptr_t base, int dtype, int64_t i) {
   switch (dtype) {
@@ -40,10 +32,10 @@ __device__ __forceinline__ void load_group(const T* __restrict__ ptr, int64_t i,
     for (int k = 0; k < kG * (int)sizeof(T) / 16; ++k)
       reinterpret_cast<uint4*>(buf)[k] = __ldg(reinterpret_cast<const uint4*>(ptr + i) + k);
 #pragma unroll
-    for (int k = 0; k < kG; ++k) dst[k] = to_f<T>(buf[k]);
+    for (int k = 0; k < kG; ++k) dst[k] = to_f32<T>(buf[k]);
   } else {
 #pragma unroll
-    for (int k = 0; k < kG; ++k) dst[k] = k < n_valid ? to_f<T>(ptr[i + k]) : 0.0f;
+    for (int k = 0; k < kG; ++k) dst[k] = k < n_valid ? to_f32<T>(ptr[i + k]) : 0.0f;
   }
 }
 
@@ -52,13 +44,13 @@ __device__ __forceinline__ void store_group(T* __restrict__ ptr, int64_t i, int6
   if (vec) {
     alignas(16) T buf[kG];
 #pragma unroll
-    for (int k = 0; k < kG; ++k) buf[k] = from_f<T>(src[k]);
+    for (int k = 0; k < kG; ++k) buf[k] = from_f32<T>(src[k]);
 #pragma unroll
     for (int k = 0; k < kG * (int)sizeof(T) / 16; ++k) reinterpret_cast<uint4*>(ptr + i)[k] = reinterpret_cast<const uint4*>(buf)[k];
   } else {
 #pragma unroll
     for (int k = 0; k < kG; ++k)
-      if (k < n_valid) ptr[i + k] = from_f<T>(src[k]);
+      if (k < n_valid) ptr[i + k] = from_f32<T>(src[k]);
   }
 }
 
@@ -112,10 +104,10 @@ __global__ void __launch_bounds__(256) diffusion_step_kernel(const StepParams p,
         if (i >= (bb + 1) * inner) ++bb;
         const int64_t mi = i + bb * inner;
         if (k < n_valid) {
-          float mm = to_f<T>(model[mi]);
-          if (p.guidance) mm = mm + p.guidance_scale * (to_f<T>(cond[mi]) - mm);
+          float mm = to_f32<T>(model[mi]);
+          if (p.guidance) mm = mm + p.guidance_scale * (to_f32<T>(cond[mi]) - mm);
           m[k] = mm;
-          v[k] = to_f<T>((p.guidance ? cond : model)[mi + inner]);
+          v[k] = to_f32<T>((p.guidance ? cond : model)[mi + inner]);
         } else {
           m[k] = 0.0f;
           v[k] = 1.0f;

@@ -13,13 +13,6 @@ namespace {
 
 constexpr int kThreads = 256;
 
-__device__ __forceinline__ float to_f(float v) { return v; }
-__device__ __forceinline__ float to_f(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <typename T> __device__ __forceinline__ T from_f(float v);
-template <> __device__ __forceinline__ float from_f<float>(float v) { return v; }
-template <> __device__ __forceinline__ __half from_f<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
 template <typename T> struct Pack {  // 16 bytes of T
   static constexpr int N = 16 / sizeof(T);
@@ -33,10 +26,10 @@ __device__ __forceinline__ void load_pack(const T* p, int64_t j, int64_t row, bo
   if (vec && j + N <= row) {
     Pack<T> pk = *reinterpret_cast<const Pack<T>*>(p + j);
 #pragma unroll
-    for (int k = 0; k < N; ++k) x[k] = to_f(pk.v[k]);
+    for (int k = 0; k < N; ++k) x[k] = to_f32(pk.v[k]);
   } else {
 #pragma unroll
-    for (int k = 0; k < N; ++k) x[k] = j + k < row ? to_f(p[j + k]) : 0.f;
+    for (int k = 0; k < N; ++k) x[k] = j + k < row ? to_f32(p[j + k]) : 0.f;
   }
 }
 
@@ -46,10 +39,10 @@ __device__ __forceinline__ void store_pack(T* p, int64_t j, int64_t row, bool ve
   if (vec && j + N <= row) {
     Pack<T> pk;
 #pragma unroll
-    for (int k = 0; k < N; ++k) pk.v[k] = from_f<T>(x[k]);
+    for (int k = 0; k < N; ++k) pk.v[k] = from_f32<T>(x[k]);
     *reinterpret_cast<Pack<T>*>(p + j) = pk;
   } else {
-    for (int k = 0; k < N && j + k < row; ++k) p[j + k] = from_f<T>(x[k]);
+    for (int k = 0; k < N && j + k < row; ++k) p[j + k] = from_f32<T>(x[k]);
   }
 }
 
@@ -136,7 +129,7 @@ __global__ void norm_penalty_kernel(const T* __restrict__ grad, float* partials,
   }
   total = block_sum(total, shared);
   if (threadIdx.x == 0) {
-    penalty[0] = from_f<T>(gp_penalty_scale(weight, mode) * (total / static_cast<float>(batch)));
+    penalty[0] = from_f32<T>(gp_penalty_scale(weight, mode) * (total / static_cast<float>(batch)));
     *counter = 0u;
   }
 }
@@ -149,7 +142,7 @@ __global__ void norm_penalty_backward_kernel(const T* __restrict__ grad_out, con
   const int64_t b = blockIdx.x / chunks, c = blockIdx.x - b * chunks;
   const int64_t j = (c * kThreads + threadIdx.x) * N;
   if (j >= row) return;
-  const float scale = to_f(grad_out[0]) * weight_over_b * gp_backward_factor(norms[b], center, mode);
+  const float scale = to_f32(grad_out[0]) * weight_over_b * gp_backward_factor(norms[b], center, mode);
   float x[N];
   load_pack(grad + b * row, j, row, vec, x);
 #pragma unroll

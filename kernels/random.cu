@@ -11,11 +11,6 @@
 namespace genfast {
 namespace {
 
-template <typename T> __device__ __forceinline__ T from_float(float v);
-template <> __device__ __forceinline__ float from_float<float>(float v) { return v; }
-template <> __device__ __forceinline__ double from_float<double>(float v) { return static_cast<double>(v); }
-template <> __device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
 template <typename T, int kCounters>  // counters per thread step: 4 * kCounters * sizeof(T) >= 16 bytes
 __global__ void random_fill_kernel(T* __restrict__ out, int64_t n, uint64_t seed, uint64_t offset,
@@ -31,10 +26,10 @@ __global__ void random_fill_kernel(T* __restrict__ out, int64_t n, uint64_t seed
     for (int c = 0; c < kCounters; ++c) {
       const U32x4 r = philox_block(seed, offset, static_cast<uint64_t>(g * kCounters + c));
       const F32x4 v = normal ? normal4(r) : uniform4(r);
-      vals[4 * c + 0] = from_float<T>(v.x);
-      vals[4 * c + 1] = from_float<T>(v.y);
-      vals[4 * c + 2] = from_float<T>(v.z);
-      vals[4 * c + 3] = from_float<T>(v.w);
+      vals[4 * c + 0] = from_f32<T>(v.x);
+      vals[4 * c + 1] = from_f32<T>(v.y);
+      vals[4 * c + 2] = from_f32<T>(v.z);
+      vals[4 * c + 3] = from_f32<T>(v.w);
     }
     const int64_t base = g * kElems;
     if (aligned && base + kElems <= n) {

@@ -98,3 +98,16 @@ def get_velocity(scheduler, sample: torch.Tensor, noise: torch.Tensor, timesteps
         raise ValueError(f"noise: expected a tensor of shape {tuple(sample.shape)}")
     sqrt_a, sqrt_1ma = _sqrt_alphas(scheduler, sample, timesteps)
     return sqrt_a * noise - sqrt_1ma * sample
+
+
+class TableMethods:
+    """diffusers' table-driven scheduler methods, shared by the DDIM and DDPM schedulers."""
+
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.IntTensor) -> torch.Tensor:
+        return add_noise(self, original_samples, noise, timesteps)
+
+    def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.IntTensor) -> torch.Tensor:
+        return get_velocity(self, sample, noise, timesteps)
+
+    def __len__(self) -> int:
+        return self.config.num_train_timesteps

@@ -9,10 +9,10 @@ from genfast.samplers.schedules import make_betas, make_timesteps
 from genfast.schedulers._common import (KARRAS_COMPATIBLES, ConfigMixin, DDIMSchedulerOutput, SchedulerMixin,
                                         StreamState, check_eta, check_step_inputs, device_lookup, host_timestep,
                                         is_device_timestep, randn_like_diffusers, register_to_config)
-from genfast.schedulers._tables import DeviceTables, positive_alpha, prediction_options
+from genfast.schedulers._tables import DeviceTables, TableMethods, positive_alpha, prediction_options
 
 
-class DDIMScheduler(SchedulerMixin, ConfigMixin):
+class DDIMScheduler(TableMethods, SchedulerMixin, ConfigMixin):
     """Drop-in for diffusers.DDIMScheduler (same arguments, defaults, config, outputs).
 
     The update runs in `genfast.ops.ddim_step` (one kernel). With a `generator` (or `variance_noise`)
@@ -121,16 +121,3 @@ class DDIMScheduler(SchedulerMixin, ConfigMixin):
         if not return_dict:
             return prev_sample, pred_original_sample
         return DDIMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
-
-    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.IntTensor) -> torch.Tensor:
-        from genfast.schedulers._tables import add_noise
-
-        return add_noise(self, original_samples, noise, timesteps)
-
-    def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.IntTensor) -> torch.Tensor:
-        from genfast.schedulers._tables import get_velocity
-
-        return get_velocity(self, sample, noise, timesteps)
-
-    def __len__(self) -> int:
-        return self.config.num_train_timesteps
