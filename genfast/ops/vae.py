@@ -133,15 +133,18 @@ def _cpu_forward(mu, logvar, noise, stream, with_kl, col_sums, lo, hi):
     return z, rows, cols
 
 
-def _cpu_backward(grad_z, grad_rows, grad_cols, mu, logvar, noise, stream, lo, hi):
+def _compiled_backward(launch, grad_z, grad_rows, grad_cols, mu, logvar, noise, stream, lo, hi, *device_args):
     b, d = _batch_and_latent(mu.shape)
     g_mu = torch.empty_like(mu)
     g_lv = torch.empty_like(mu)
-    _ext._C.vae_backward_cpu(_ext.data_ptr(grad_z), _ext.data_ptr(grad_rows), _ext.data_ptr(grad_cols),
-                             mu.data_ptr(), logvar.data_ptr(), _ext.data_ptr(noise), g_mu.data_ptr(),
-                             g_lv.data_ptr(), b, d, _ext.dtype_code(mu), *_stream_ints(stream), lo is not None,
-                             0.0 if lo is None else lo, 0.0 if hi is None else hi)
+    launch(_ext.data_ptr(grad_z), _ext.data_ptr(grad_rows), _ext.data_ptr(grad_cols), mu.data_ptr(),
+           logvar.data_ptr(), _ext.data_ptr(noise), g_mu.data_ptr(), g_lv.data_ptr(), b, d, _ext.dtype_code(mu),
+           *_stream_ints(stream), lo is not None, 0.0 if lo is None else lo, 0.0 if hi is None else hi, *device_args)
     return g_mu, g_lv
+
+
+def _cpu_backward(grad_z, grad_rows, grad_cols, mu, logvar, noise, stream, lo, hi):
+    return _compiled_backward(_ext._C.vae_backward_cpu, grad_z, grad_rows, grad_cols, mu, logvar, noise, stream, lo, hi)
 
 
 def _cuda_forward(mu, logvar, noise, stream, with_kl, col_sums, lo, hi):
@@ -161,15 +164,8 @@ def _cuda_forward(mu, logvar, noise, stream, with_kl, col_sums, lo, hi):
 
 
 def _cuda_backward(grad_z, grad_rows, grad_cols, mu, logvar, noise, stream, lo, hi):
-    b, d = _batch_and_latent(mu.shape)
-    g_mu = torch.empty_like(mu)
-    g_lv = torch.empty_like(mu)
-    _ext._C.vae_backward_cuda(_ext.data_ptr(grad_z), _ext.data_ptr(grad_rows), _ext.data_ptr(grad_cols),
-                              mu.data_ptr(), logvar.data_ptr(), _ext.data_ptr(noise), g_mu.data_ptr(),
-                              g_lv.data_ptr(), b, d, _ext.dtype_code(mu), *_stream_ints(stream), lo is not None,
-                              0.0 if lo is None else lo, 0.0 if hi is None else hi, _ext.cuda_stream(mu),
-                              _ext.device_index(mu))
-    return g_mu, g_lv
+    return _compiled_backward(_ext._C.vae_backward_cuda, grad_z, grad_rows, grad_cols, mu, logvar, noise, stream, lo,
+                              hi, _ext.cuda_stream(mu), _ext.device_index(mu))
 
 
 def _triton_forward(mu, logvar, noise, stream, with_kl, col_sums, lo, hi):
