@@ -5,7 +5,9 @@
 // end in a fixed order (results do not depend on the thread count).
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #if defined(__SSE2__)
@@ -30,6 +32,116 @@ inline void draw_normals(float* eps, int64_t first, int64_t n, uint64_t seed, ui
 
 inline LogvarClamp to_clamp(VaeClampArgs c) { return LogvarClamp{c.on, c.lo, c.hi}; }
 
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define GF_VECTOR_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define GF_VECTOR_CLONES
+#endif
+
+// exp(x) in fp32 written so that loops over it vectorize (libm's expf does not): x = n ln2 + r with
+// |r| <= ln2 / 2 (two-part ln2), exp(r) = 1 + r + r^2 P(r) with P of degree 5 fitted here to
+// (exp(r) - 1 - r) / r^2 on that interval (fit error ~5e-11 relative; ~1-2 ulp after fp32 rounding),
+// times 2^n applied as two exact power-of-two factors so that n in [-150, 128] needs no special case:
+// overflow gives inf, underflow a denormal or 0 as libm does, NaN stays NaN. n is rounded to nearest
+// with the 1.5 * 2^23 shifter (exact without -ffast-math; no float->int conversion needed). CPU only:
+// the CUDA kernels keep expf (kernels/vae.cuh).
+__attribute__((always_inline)) inline float vexpf(float x) {
+  const float xc = x > 89.0f ? 89.0f : (x < -104.0f ? -104.0f : x);  // NaN passes through
+  constexpr float kShift = 12582912.0f;                               // 1.5 * 2^23
+  const float t = xc * 1.44269504088896341f + kShift;
+  const float n = t - kShift;
+  float r = xc - n * 0.693359375f;  // ln2, high part (n * it is exact)
+  r = r + n * 2.12194440e-4f;       // ln2 - 0.693359375
+  float p = 1.9790320948e-4f;
+  p = p * r + 1.3944649836e-3f;
+  p = p * r + 8.3334967494e-3f;
+  p = p * r + 4.1666295379e-2f;
+  p = p * r + 1.6666665673e-1f;
+  p = p * r + 5.0000000000e-1f;
+  p = p * (r * r) + r + 1.0f;
+  uint32_t tb, sb;
+  std::memcpy(&tb, &t, 4);
+  std::memcpy(&sb, &kShift, 4);
+  const int32_t ni = static_cast<int32_t>(tb - sb);  // n as an integer, in [-150, 128]
+  const int32_t n1 = ni >> 1, n2 = ni - n1;          // both in [-75, 64]
+  const uint32_t b1 = static_cast<uint32_t>(n1 + 127) << 23, b2 = static_cast<uint32_t>(n2 + 127) << 23;
+  float s1, s2;
+  std::memcpy(&s1, &b1, 4);
+  std::memcpy(&s2, &b2, 4);
+  return (p * s1) * s2;
+}
+
+// z, the KL terms and their sum over one row chunk (all fp32); col_acc (optional) += the KL terms.
+template <bool kCols>
+__attribute__((always_inline)) inline float forward_chunk_impl(const float* __restrict m, const float* __restrict l,
+                                                               const float* __restrict eps, float* __restrict z,
+                                                               float* __restrict col_acc, int64_t len, float lo,
+                                                               float hi) {
+  float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t k = 0; k < len; ++k) {
+    const float mk = m[k];
+    const float lk = l[k] < lo ? lo : (l[k] > hi ? hi : l[k]);  // clamped_logvar, branch-free
+    const float sd = vexpf(0.5f * lk);
+    z[k] = mk + sd * eps[k];
+    const float kl = 0.5f * (mk * mk + sd * sd - 1.0f - lk);
+    if (kCols) col_acc[k] += kl;
+    acc += kl;
+  }
+  return acc;
+}
+
+GF_VECTOR_CLONES float forward_chunk(const float* m, const float* l, const float* eps, float* z, float* col_acc,
+                                     int64_t len, float lo, float hi) {
+  return col_acc ? forward_chunk_impl<true>(m, l, eps, z, col_acc, len, lo, hi)
+                 : forward_chunk_impl<false>(m, l, eps, z, nullptr, len, lo, hi);
+}
+
+// vae_backward_element (kernels/vae.cuh) over one row chunk with the vectorizable exp; g/eps (the
+// incoming grad_z and the noise) and gcol (per-column KL coefficients) are optional.
+template <bool kGz, bool kCols>
+__attribute__((always_inline)) inline void backward_chunk_impl(const float* __restrict g, const float* __restrict eps,
+                                                               const float* __restrict m, const float* __restrict l,
+                                                               float row_coef, const float* __restrict gcol,
+                                                               float* __restrict gm, float* __restrict gl, int64_t len,
+                                                               float lo, float hi, bool clamp_on) {
+#pragma omp simd
+  for (int64_t k = 0; k < len; ++k) {
+    const float l_raw = l[k];
+    const float lk = l_raw < lo ? lo : (l_raw > hi ? hi : l_raw);
+    const float sd = vexpf(0.5f * lk);
+    const float coef = kCols ? row_coef + gcol[k] : row_coef;
+    const float gzk = kGz ? g[k] : 0.0f;
+    const float ek = kGz ? eps[k] : 0.0f;
+    const float glk = 0.5f * (gzk * sd * ek + coef * (sd * sd - 1.0f));
+    gm[k] = gzk + coef * m[k];
+    gl[k] = (l_raw >= lo && l_raw <= hi) || !clamp_on ? glk : 0.0f;  // logvar_in_range
+  }
+}
+
+GF_VECTOR_CLONES void backward_chunk(const float* g, const float* eps, const float* m, const float* l, float row_coef,
+                                     const float* gcol, float* gm, float* gl, int64_t len, float lo, float hi,
+                                     bool clamp_on) {
+  if (g) {
+    if (gcol) backward_chunk_impl<true, true>(g, eps, m, l, row_coef, gcol, gm, gl, len, lo, hi, clamp_on);
+    else backward_chunk_impl<true, false>(g, eps, m, l, row_coef, gcol, gm, gl, len, lo, hi, clamp_on);
+  } else {
+    if (gcol) backward_chunk_impl<false, true>(g, eps, m, l, row_coef, gcol, gm, gl, len, lo, hi, clamp_on);
+    else backward_chunk_impl<false, false>(g, eps, m, l, row_coef, gcol, gm, gl, len, lo, hi, clamp_on);
+  }
+}
+
+// A row chunk as fp32: the data itself when T is float, else converted into buf.
+template <typename T>
+inline const float* as_f32(const T* p, float* buf, int64_t len) {
+  if constexpr (std::is_same<T, float>::value) {
+    return p;
+  } else {
+    for (int64_t k = 0; k < len; ++k) buf[k] = Convert<T>::load(p + k);
+    return buf;
+  }
+}
+
 template <typename T>
 void forward(const T* mu, const T* lv, const T* noise, T* z, float* kl_rows, float* kl_cols, int64_t B, int64_t D,
              uint64_t seed, uint64_t offset, LogvarClamp clamp) {
@@ -46,33 +158,25 @@ void forward(const T* mu, const T* lv, const T* noise, T* z, float* kl_rows, flo
   for (int64_t t = 0; t < tasks; ++t) {
     const int64_t g = t / n_chunks, c = t % n_chunks;
     const int64_t j0 = c * kChunk, len = std::min(kChunk, D - j0);
-    alignas(64) float eps_buf[kChunk], m_buf[kChunk], l_buf[kChunk], z_buf[kChunk], kl_buf[kChunk];
+    alignas(64) float eps_buf[kChunk], m_buf[kChunk], l_buf[kChunk], z_buf[kChunk];
     float* col_acc = kl_cols ? col_part.data() + g * D + j0 : nullptr;
     for (int64_t b = g * rows_per_group; b < std::min(B, (g + 1) * rows_per_group); ++b) {
       const int64_t base = b * D + j0;
-      const float* eps = eps_buf;
+      const float* eps;
       if (noise) {
-        for (int64_t k = 0; k < len; ++k) eps_buf[k] = Convert<T>::load(noise + base + k);
+        eps = as_f32(noise + base, eps_buf, len);
       } else {
         draw_normals(eps_buf, base, len, seed, offset);
+        eps = eps_buf;
       }
-      // Stage the row chunk through fp32 buffers so that the arithmetic loop vectorizes.
-      for (int64_t k = 0; k < len; ++k) m_buf[k] = Convert<T>::load(mu + base + k);
-      for (int64_t k = 0; k < len; ++k) l_buf[k] = Convert<T>::load(lv + base + k);
-      float acc = 0.0f;
-#pragma omp simd reduction(+ : acc)
-      for (int64_t k = 0; k < len; ++k) {
-        const float m = m_buf[k];
-        const float l = l_buf[k] < lo ? lo : (l_buf[k] > hi ? hi : l_buf[k]);  // clamped_logvar, branch-free
-        const float sd = std::exp(0.5f * l);
-        z_buf[k] = m + sd * eps[k];
-        const float kl = 0.5f * (m * m + sd * sd - 1.0f - l);
-        kl_buf[k] = kl;
-        acc += kl;
-      }
-      for (int64_t k = 0; k < len; ++k) Convert<T>::store(z + base + k, z_buf[k]);
-      if (col_acc)
-        for (int64_t k = 0; k < len; ++k) col_acc[k] += kl_buf[k];
+      const float* m = as_f32(mu + base, m_buf, len);
+      const float* l = as_f32(lv + base, l_buf, len);
+      float* zo;
+      if constexpr (std::is_same<T, float>::value) zo = z + base;
+      else zo = z_buf;
+      const float acc = forward_chunk(m, l, eps, zo, col_acc, len, lo, hi);
+      if constexpr (!std::is_same<T, float>::value)
+        for (int64_t k = 0; k < len; ++k) Convert<T>::store(z + base + k, z_buf[k]);
       if (with_kl) row_part[c * B + b] = acc;
     }
   }
@@ -101,34 +205,34 @@ void backward(const T* gz, const float* grow, const float* gcol, const T* mu, co
     const int64_t b = t / n_chunks, c = t % n_chunks;
     const int64_t j0 = c * kChunk, len = std::min(kChunk, D - j0);
     const int64_t base = b * D + j0;
-    alignas(64) float eps_buf[kChunk], m_buf[kChunk], l_buf[kChunk], g_buf[kChunk], c_buf[kChunk];
+    alignas(64) float eps_buf[kChunk], m_buf[kChunk], l_buf[kChunk], g_buf[kChunk], gm_buf[kChunk], gl_buf[kChunk];
+    const float* eps = nullptr;
+    const float* g = nullptr;
     if (gz) {
       if (noise) {
-        for (int64_t k = 0; k < len; ++k) eps_buf[k] = Convert<T>::load(noise + base + k);
+        eps = as_f32(noise + base, eps_buf, len);
       } else {
         draw_normals(eps_buf, base, len, seed, offset);
+        eps = eps_buf;
       }
+      g = as_f32(gz + base, g_buf, len);
     }
     const float row_coef = grow ? grow[b] : 0.0f;
-    for (int64_t k = 0; k < len; ++k) m_buf[k] = Convert<T>::load(mu + base + k);
-    for (int64_t k = 0; k < len; ++k) l_buf[k] = Convert<T>::load(lv + base + k);
-    for (int64_t k = 0; k < len; ++k) g_buf[k] = gz ? Convert<T>::load(gz + base + k) : 0.0f;
-    for (int64_t k = 0; k < len; ++k) c_buf[k] = row_coef + (gcol ? gcol[j0 + k] : 0.0f);
-    if (!gz)
-      for (int64_t k = 0; k < len; ++k) eps_buf[k] = 0.0f;
-#pragma omp simd
-    for (int64_t k = 0; k < len; ++k) {
-      // vae_backward_element (kernels/vae.cuh) with the vectorizable exp.
-      const float l_raw = l_buf[k];
-      const float l = l_raw < lo ? lo : (l_raw > hi ? hi : l_raw);
-      const float sd = std::exp(0.5f * l);
-      const float coef = c_buf[k];
-      const float gl = 0.5f * (g_buf[k] * sd * eps_buf[k] + coef * (sd * sd - 1.0f));
-      m_buf[k] = g_buf[k] + coef * m_buf[k];
-      l_buf[k] = (l_raw >= lo && l_raw <= hi) || !clamp.on ? gl : 0.0f;  // logvar_in_range
+    const float* m = as_f32(mu + base, m_buf, len);
+    const float* l = as_f32(lv + base, l_buf, len);
+    float *gm, *gl;
+    if constexpr (std::is_same<T, float>::value) {
+      gm = gmu + base;
+      gl = glv + base;
+    } else {
+      gm = gm_buf;
+      gl = gl_buf;
     }
-    for (int64_t k = 0; k < len; ++k) Convert<T>::store(gmu + base + k, m_buf[k]);
-    for (int64_t k = 0; k < len; ++k) Convert<T>::store(glv + base + k, l_buf[k]);
+    backward_chunk(g, eps, m, l, row_coef, gcol ? gcol + j0 : nullptr, gm, gl, len, lo, hi, clamp.on);
+    if constexpr (!std::is_same<T, float>::value) {
+      for (int64_t k = 0; k < len; ++k) Convert<T>::store(gmu + base + k, gm_buf[k]);
+      for (int64_t k = 0; k < len; ++k) Convert<T>::store(glv + base + k, gl_buf[k]);
+    }
   }
 }
 
