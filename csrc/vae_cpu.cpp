@@ -99,12 +99,12 @@ GF_VECTOR_CLONES float forward_chunk(const float* m, const float* l, const float
 
 // vae_backward_element (kernels/vae.cuh) over one row chunk with the vectorizable exp; g/eps (the
 // incoming grad_z and the noise) and gcol (per-column KL coefficients) are optional.
-template <bool kGz, bool kCols>
+template <bool kGz, bool kCols, bool kClamp>
 __attribute__((always_inline)) inline void backward_chunk_impl(const float* __restrict g, const float* __restrict eps,
                                                                const float* __restrict m, const float* __restrict l,
                                                                float row_coef, const float* __restrict gcol,
                                                                float* __restrict gm, float* __restrict gl, int64_t len,
-                                                               float lo, float hi, bool clamp_on) {
+                                                               float lo, float hi) {
 #pragma omp simd
   for (int64_t k = 0; k < len; ++k) {
     const float l_raw = l[k];
@@ -115,19 +115,29 @@ __attribute__((always_inline)) inline void backward_chunk_impl(const float* __re
     const float ek = kGz ? eps[k] : 0.0f;
     const float glk = 0.5f * (gzk * sd * ek + coef * (sd * sd - 1.0f));
     gm[k] = gzk + coef * m[k];
-    gl[k] = (l_raw >= lo && l_raw <= hi) || !clamp_on ? glk : 0.0f;  // logvar_in_range
+    // logvar_in_range; bitwise & (no short-circuit branch, so the loop vectorizes).
+    gl[k] = kClamp ? (((l_raw >= lo) & (l_raw <= hi)) ? glk : 0.0f) : glk;
   }
+}
+
+template <bool kGz, bool kCols>
+__attribute__((always_inline)) inline void backward_chunk_clamp(const float* g, const float* eps, const float* m,
+                                                                const float* l, float row_coef, const float* gcol,
+                                                                float* gm, float* gl, int64_t len, float lo, float hi,
+                                                                bool clamp_on) {
+  if (clamp_on) backward_chunk_impl<kGz, kCols, true>(g, eps, m, l, row_coef, gcol, gm, gl, len, lo, hi);
+  else backward_chunk_impl<kGz, kCols, false>(g, eps, m, l, row_coef, gcol, gm, gl, len, lo, hi);
 }
 
 GF_VECTOR_CLONES void backward_chunk(const float* g, const float* eps, const float* m, const float* l, float row_coef,
                                      const float* gcol, float* gm, float* gl, int64_t len, float lo, float hi,
                                      bool clamp_on) {
   if (g) {
-    if (gcol) backward_chunk_impl<true, true>(g, eps, m, l, row_coef, gcol, gm, gl, len, lo, hi, clamp_on);
-    else backward_chunk_impl<true, false>(g, eps, m, l, row_coef, gcol, gm, gl, len, lo, hi, clamp_on);
+    if (gcol) backward_chunk_clamp<true, true>(g, eps, m, l, row_coef, gcol, gm, gl, len, lo, hi, clamp_on);
+    else backward_chunk_clamp<true, false>(g, eps, m, l, row_coef, gcol, gm, gl, len, lo, hi, clamp_on);
   } else {
-    if (gcol) backward_chunk_impl<false, true>(g, eps, m, l, row_coef, gcol, gm, gl, len, lo, hi, clamp_on);
-    else backward_chunk_impl<false, false>(g, eps, m, l, row_coef, gcol, gm, gl, len, lo, hi, clamp_on);
+    if (gcol) backward_chunk_clamp<false, true>(g, eps, m, l, row_coef, gcol, gm, gl, len, lo, hi, clamp_on);
+    else backward_chunk_clamp<false, false>(g, eps, m, l, row_coef, gcol, gm, gl, len, lo, hi, clamp_on);
   }
 }
 
