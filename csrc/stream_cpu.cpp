@@ -7,6 +7,11 @@
 #include <cmath>
 #include <cstring>
 
+#if defined(__GNUC__) && defined(__x86_64__)
+#include <immintrin.h>
+#define GF_PHILOX_AVX2 1
+#endif
+
 #include "philox.cuh"
 #include "stream_cpu.h"
 
@@ -66,13 +71,76 @@ __attribute__((always_inline)) inline void vsincosf(float a, float& s, float& c)
   c = (1.0f - static_cast<float>((q + 1) & 2)) * c0;  // q in {1, 2}: negate
 }
 
+#if defined(GF_PHILOX_AVX2)
+// Philox4x32-10 of 8 counters at a time with AVX2 intrinsics (the compiler's own vectorization of the
+// 32x32->64 products widens every lane to 64 bits): the products of even lanes come from one
+// _mm256_mul_epu32, those of odd lanes from another on the lanes shifted down, and blends put their
+// high and low halves back in place. Integer math, so the words (and uniforms) are those of the scalar
+// loop bit for bit. Writes the uniforms of counters q0 .. q0 + 8 * floor(nq / 8) - 1; returns how many.
+__attribute__((target("avx2"), always_inline)) inline void mulhilo_avx2(__m256i a, __m256i m, __m256i& hi,
+                                                                       __m256i& lo) {
+  const __m256i pe = _mm256_mul_epu32(a, m);                         // lanes 0, 2, 4, 6 as 64-bit products
+  const __m256i po = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), m);  // lanes 1, 3, 5, 7
+  lo = _mm256_blend_epi32(pe, _mm256_slli_epi64(po, 32), 0xAA);
+  hi = _mm256_blend_epi32(_mm256_srli_epi64(pe, 32), po, 0xAA);
+}
+
+// word_to_uniform of 8 words, exact: (r >> 9) < 2^23 converts exactly, + 0.5 and * 2^-23 are exact.
+__attribute__((target("avx2"), always_inline)) inline __m256 to_uniform_avx2(__m256i r) {
+  return _mm256_mul_ps(_mm256_add_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(r, 9)), _mm256_set1_ps(0.5f)),
+                       _mm256_set1_ps(1.1920928955078125e-07f));
+}
+
+__attribute__((target("avx2"))) int64_t philox_uniforms_avx2(uint32_t k0, uint32_t k1, uint32_t o0, uint32_t o1,
+                                                              uint64_t q0, int64_t nq, float* u0, float* u1, float* u2,
+                                                              float* u3) {
+  const __m256i m0 = _mm256_set1_epi32(static_cast<int>(0xD2511F53u));
+  const __m256i m1 = _mm256_set1_epi32(static_cast<int>(0xCD9E8D57u));
+  const int64_t n8 = nq / 8 * 8;
+  for (int64_t i = 0; i < n8; i += 8) {
+    alignas(32) uint32_t lo32[8], hi32[8];
+    for (int k = 0; k < 8; ++k) {
+      const uint64_t q = q0 + static_cast<uint64_t>(i + k);
+      lo32[k] = static_cast<uint32_t>(q);
+      hi32[k] = static_cast<uint32_t>(q >> 32);
+    }
+    __m256i c0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(lo32));
+    __m256i c1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(hi32));
+    __m256i c2 = _mm256_set1_epi32(static_cast<int>(o0)), c3 = _mm256_set1_epi32(static_cast<int>(o1));
+    uint32_t key0 = k0, key1 = k1;
+    for (int round = 0; round < 10; ++round) {
+      __m256i hi0, lo0, hi1, lo1;
+      mulhilo_avx2(c0, m0, hi0, lo0);
+      mulhilo_avx2(c2, m1, hi1, lo1);
+      const __m256i n0 = _mm256_xor_si256(_mm256_xor_si256(hi1, c1), _mm256_set1_epi32(static_cast<int>(key0)));
+      const __m256i n2 = _mm256_xor_si256(_mm256_xor_si256(hi0, c3), _mm256_set1_epi32(static_cast<int>(key1)));
+      c1 = lo1;
+      c3 = lo0;
+      c0 = n0;
+      c2 = n2;
+      key0 += 0x9E3779B9u;
+      key1 += 0xBB67AE85u;
+    }
+    _mm256_store_ps(u0 + i, to_uniform_avx2(c0));
+    _mm256_store_ps(u1 + i, to_uniform_avx2(c1));
+    _mm256_store_ps(u2 + i, to_uniform_avx2(c2));
+    _mm256_store_ps(u3 + i, to_uniform_avx2(c3));
+  }
+  return n8;
+}
+#endif
+
 // Normals of counters q0 .. q0 + nq - 1 of the stream (element 4q + k -> out[4 (q - q0) + k]).
 constexpr int64_t kMaxQ = 512;  // counters per batch (stack arrays of 8 KiB)
 GF_VECTOR_CLONES void fill_normals(uint64_t seed, uint64_t offset, uint64_t q0, int64_t nq, float* out) {
   alignas(64) float u0[kMaxQ], u1[kMaxQ], u2[kMaxQ], u3[kMaxQ];
   const uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
   const uint32_t o0 = static_cast<uint32_t>(offset), o1 = static_cast<uint32_t>(offset >> 32);
-  for (int64_t i = 0; i < nq; ++i) {
+  int64_t i_first = 0;  // counters before it done by the AVX2 Philox
+#if defined(GF_PHILOX_AVX2)
+  if (__builtin_cpu_supports("avx2")) i_first = philox_uniforms_avx2(k0, k1, o0, o1, q0, nq, u0, u1, u2, u3);
+#endif
+  for (int64_t i = i_first; i < nq; ++i) {
     const uint64_t q = q0 + static_cast<uint64_t>(i);
     uint32_t c0 = static_cast<uint32_t>(q), c1 = static_cast<uint32_t>(q >> 32), c2 = o0, c3 = o1;
     uint32_t key0 = k0, key1 = k1;
