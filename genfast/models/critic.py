@@ -12,7 +12,7 @@ from genfast.models.dcgan import ProjectionHead, conv_trunk, dcgan_init
 
 
 class WGANGPCritic(nn.Module):
-    """images [B, nc, S, S] (S = 32 or 64) and optional labels y [B] -> one score per sample [B]."""
+    """images [B, nc, S, S] (S = 16, 32 or 64) and optional labels y [B] -> one score per sample [B]."""
 
     def __init__(self, ndf: int = 64, nc: int = 3, image_size: int = 64, norm: str = "layer",
                  num_classes: int | None = None):

@@ -1,5 +1,5 @@
 """DCGAN generator and discriminator (Radford, Metz & Chintala 2016, "Unsupervised Representation Learning
-with Deep Convolutional Generative Adversarial Networks"), 32 and 64 px, with class-conditional variants.
+with Deep Convolutional Generative Adversarial Networks"), 16, 32 and 64 px, with class-conditional variants.
 
 Generator: z -> 4x4 transposed conv -> (BatchNorm, ReLU, stride-2 transposed convs doubling the
 resolution) -> Tanh. Discriminator: stride-2 4x4 convs with LeakyReLU(0.2) (BatchNorm after all but the
@@ -16,8 +16,8 @@ from torch import nn
 
 
 def _levels(image_size: int) -> int:
-    if image_size not in (32, 64):
-        raise ValueError(f"image_size: expected 32 or 64, got {image_size}")
+    if image_size not in (16, 32, 64):
+        raise ValueError(f"image_size: expected 16, 32 or 64, got {image_size}")
     return int(math.log2(image_size)) - 2  # 4x4 -> image_size in this many doublings
 
 

@@ -92,10 +92,13 @@ class GANTrainer:
         device = device if device is not None else next(self.generator.parameters()).device
         z = randn([batch_size, self.nz], seed=draw_seed(), dtype=dtype, device=device)
         fake = self.generator(z, y) if y is not None else self.generator(z)
+        # under DistributedDataParallel the frozen critic runs unwrapped: its reducer would wait for
+        # gradients that never come
+        critic = self.critic.module if isinstance(self.critic, nn.parallel.DistributedDataParallel) else self.critic
         for p in self.critic.parameters():
             p.requires_grad_(False)
         try:
-            loss = self.g_loss(self.critic(fake, y=y) if y is not None else self.critic(fake))
+            loss = self.g_loss(critic(fake, y=y) if y is not None else critic(fake))
         finally:
             for p in self.critic.parameters():
                 p.requires_grad_(True)

@@ -1,4 +1,4 @@
-"""Convolutional VAE / beta-VAE for 28, 32 and 64 px images, using the fused reparameterization + KL."""
+"""Convolutional VAE / beta-VAE for 16, 28, 32 and 64 px images, using the fused reparameterization + KL."""
 from __future__ import annotations
 
 import torch
@@ -6,12 +6,12 @@ from torch import nn
 
 from genfast.ops.vae import reparameterize_kl
 
-DEFAULT_HIDDEN = {28: (32, 64), 32: (32, 64, 128), 64: (32, 64, 128, 256)}
+DEFAULT_HIDDEN = {16: (32, 64), 28: (32, 64), 32: (32, 64, 128), 64: (32, 64, 128, 256)}
 
 
 class ConvVAE(nn.Module):
     """Encoder: stride-2 4x4 convs (each halves the size) + a linear layer to (mu, logvar); decoder: the
-    mirror image with transposed convs. 28 px -> 7x7 features, 32 and 64 px -> 4x4.
+    mirror image with transposed convs. 28 px -> 7x7 features, 16, 32 and 64 px -> 4x4.
 
     forward(x) returns (recon, mu, logvar, z, kl): recon is logits (likelihood "bernoulli", use
     BCE-with-logits) or means ("gaussian"); kl as reparameterize_kl(reduction=...) gives it.
@@ -21,7 +21,7 @@ class ConvVAE(nn.Module):
                  hidden_channels: tuple[int, ...] | None = None, likelihood: str = "bernoulli"):
         super().__init__()
         if image_size not in DEFAULT_HIDDEN:
-            raise ValueError(f"image_size: expected 28, 32 or 64, got {image_size}")
+            raise ValueError(f"image_size: expected 16, 28, 32 or 64, got {image_size}")
         if likelihood not in ("bernoulli", "gaussian"):
             raise ValueError(f"likelihood: expected 'bernoulli' or 'gaussian', got {likelihood!r}")
         hidden = tuple(hidden_channels) if hidden_channels is not None else DEFAULT_HIDDEN[image_size]
