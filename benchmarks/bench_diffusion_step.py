@@ -38,6 +38,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import genfast  # noqa: E402
+from genfast.bench import eager_ddim  # noqa: E402  (the DDIM update as plain torch ops)
 from genfast.ops import ddim_step, ddpm_step  # noqa: E402
 
 try:
@@ -57,18 +58,6 @@ except ImportError:  # the shared helper lands on main separately; the CPU mode 
 
 SHAPES = [(1, 4, 64, 64), (4, 4, 128, 128), (256, 3, 32, 32), (64, 3, 256, 256)]
 A_T, A_P = 0.3, 0.6  # cumulative alphas of a mid-schedule DDIM step
-
-
-def eager_ddim(x, m, a_t, a_p, eta):
-    """The DDIM update as plain torch ops (what a hand-written loop does), noise from torch.randn."""
-    beta_t = 1 - a_t
-    x0 = (x - beta_t ** 0.5 * m) / a_t ** 0.5
-    var = (1 - a_p) / beta_t * (1 - a_t / a_p)
-    std = eta * var ** 0.5
-    prev = a_p ** 0.5 * x0 + (1 - a_p - std ** 2) ** 0.5 * m
-    if eta > 0:
-        prev = prev + std * torch.randn_like(x)
-    return prev
 
 
 def gpu_rows(shape, dtype, copy):

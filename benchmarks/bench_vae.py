@@ -32,17 +32,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import genfast  # noqa: E402
 from benchmarks.bandwidth import Row, copy_bandwidth_gbs, machine_header, print_table, time_us  # noqa: E402
+from genfast.bench import eager_reparameterize_kl  # noqa: E402
 from genfast.ops import reparameterize_kl  # noqa: E402
 
 GPU_SHAPES = [(256, 128), (64, 4, 64, 64), (16, 16, 128, 128)]
 CPU_SHAPES = [(64, 4, 64, 64)]
-
-
-def eager_reparameterize_kl(mu, logvar):
-    std = torch.exp(0.5 * logvar)
-    z = mu + std * torch.randn_like(std)
-    kl = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp())).sum(dim=tuple(range(1, mu.dim()))).mean()
-    return z, kl
 
 
 def make_step(fn, mu, logvar, grad_z):
