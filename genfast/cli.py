@@ -1,13 +1,64 @@
-"""The `genfast` command (also `python -m genfast`)."""
+"""The `genfast` command (also `python -m genfast`).
+
+  genfast info                      versions, GPU, backends (and why one is missing)
+  genfast sample --model ddpm       a PNG grid from an embedded (or your) checkpoint
+  genfast compare                   genfast's kernels vs plain PyTorch: training and sampling times
+  genfast bench                     every op per backend vs eager PyTorch: µs, GB/s, % of copy bandwidth
+  genfast train ddpm --data digits  train, with checkpoints and sample grids every N steps, --resume
+
+Errors in what the user asked for come out as one line on stderr and a non-zero exit, never a traceback.
+"""
 from __future__ import annotations
 
 import argparse
+import math
 import platform
 import sys
+import time
 
 import torch
 
+from genfast.zoo import EMBEDDED, MODEL_KINDS
 
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (the usage is one `--help` away)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {v}")
+    return v
+
+
+def finite_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return v
+
+
+def seed_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**63), got {text!r}") from None
+    if not 0 <= v < 1 << 63:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**63), got {v}")
+    return v
+
+
+# ------------------------------------------------------------------------------------------------------
 def _info(args) -> int:
     import genfast
     from genfast import _ext
@@ -51,52 +102,181 @@ def _demo(args) -> int:
     return 0
 
 
-BENCHMARKS = {
-    "random": "bench_random",
-    "diffusion_step": "bench_diffusion_step",
-    "sampling_loop": "bench_sampling_loop",
-    "gradient_penalty": "bench_gradient_penalty",
-    "vae": "bench_vae",
-}
+def _sample(args) -> int:
+    from genfast import distributed as dist_util
+    from genfast import use_backend
+    from genfast.images import check_writable, save_grid
+    from genfast.ops import randn
+    from genfast.zoo import load_model
 
+    ctx = dist_util.context(args.device)
+    out = check_writable(args.out, "--out") if ctx.rank == 0 else None
+    model = load_model(args.model, args.checkpoint, ctx.device)
+    if args.checkpoint is None and args.model not in EMBEDDED:
+        raise ValueError(f"--model: no embedded {args.model} model; pass --checkpoint")
+    labels = None
+    if args.label is not None:
+        if model.num_classes is None:
+            raise ValueError(f"--label: the {model.kind} model is unconditional")
+        if not 0 <= args.label < model.num_classes:
+            raise ValueError(f"--label: expected a class in [0, {model.num_classes}), got {args.label}")
+        labels = torch.full((args.n,), args.label, dtype=torch.int64)
+    elif model.num_classes is not None:
+        labels = torch.arange(args.n) % model.num_classes  # one class per grid column
+    guidance = args.guidance_scale
+    if guidance is None and model.num_classes is not None:
+        guidance = 2.0
+    if model.kind != "ddpm" and (args.sampler, args.steps, args.eta) != ("ddim", None, 0.0):
+        raise ValueError(f"--sampler/--steps/--eta: only the ddpm model has a sampler, not {model.kind}")
+    rows = dist_util.share(args.n, ctx.rank, ctx.world_size)
+    with use_backend(args.backend):
+        # the starting noise is one draw for the whole batch, sliced per rank: a deterministic sampler
+        # gives the same grid on any number of processes
+        init = randn(model.latent_shape(args.n), seed=args.seed, offset=1 << 41, device=ctx.device)[rows.start:rows.stop]
+        local_labels = labels[rows.start:rows.stop].to(ctx.device) if labels is not None else None
+        t0 = time.perf_counter()
+        # per-rank stream for the noise added during sampling (ancestral steps, eta > 0)
+        images = model.sample(len(rows), seed=(args.seed + ctx.rank * 0x9E3779B97F4A7C15) % (1 << 63),
+                              labels=local_labels, sampler=args.sampler, steps=args.steps, eta=args.eta,
+                              guidance_scale=guidance if model.num_classes is not None else None,
+                              progress=not args.quiet and ctx.rank == 0, init_noise=init, graph=args.graph)
+        if ctx.device.type == "cuda":
+            torch.cuda.synchronize(ctx.device)
+        seconds = time.perf_counter() - t0
+        from genfast._backend import select_backend
 
-def _bench(args, extra: list[str]) -> int:
-    import importlib
-
-    try:  # benchmarks/ ships in the repository, not in the wheel
-        module = importlib.import_module(f"benchmarks.{BENCHMARKS[args.op]}")
-    except ImportError as exc:
-        raise RuntimeError(f"the benchmarks live in the genfast repository; run from its root ({exc})") from exc
-    module.main(extra)
+        backend = select_backend("diffusion_step" if model.kind == "ddpm" else "random", ctx.device)
+    images = ctx.gather(images.contiguous(), args.n)
+    if ctx.rank == 0:
+        nrow = model.num_classes if labels is not None and args.label is None else None
+        save_grid(out, images, nrow=nrow, scale=args.scale)
+        what = f"{args.sampler}, {args.steps or (50 if args.sampler == 'ddim' else 'all')} steps" if model.kind == "ddpm" else "one pass"
+        print(f"wrote {out}: {args.n} {model.kind} samples ({what}) in {seconds:.2f} s, "
+              f"{args.n / seconds:.1f} images/s | backend {backend} | device {ctx.device}"
+              + (f" x {ctx.world_size} processes" if ctx.active else ""))
     return 0
 
 
+def _train(args) -> int:
+    from genfast.training import TrainSettings, train
+
+    extra = {"beta": args.beta} if args.beta is not None else {}
+    settings = TrainSettings(model=args.model, data=args.data, image_size=args.image_size, steps=args.steps,
+                             batch_size=args.batch_size, lr=args.lr, seed=args.seed, out_dir=args.out_dir,
+                             save_every=args.save_every, sample_every=args.sample_every, resume=args.resume,
+                             export=args.export, device=args.device, progress=not args.quiet, extra=extra)
+    if args.export:
+        from genfast.images import check_writable
+
+        check_writable(args.export, "--export")
+    with _backend(args.backend):
+        train(settings)
+    return 0
+
+
+def _compare(args) -> int:
+    from genfast.compare import run_compare
+
+    return run_compare(args)
+
+
+def _bench(args) -> int:
+    from genfast.bench import run
+
+    return run(args)
+
+
+def _backend(name):
+    import contextlib
+
+    from genfast import use_backend
+
+    return use_backend(name) if name else contextlib.nullcontext()
+
+
+BACKEND_CHOICES = ["reference", "cpu", "cuda", "triton"]
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="genfast", description="Fused kernels for generative models.")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = _Parser(prog="genfast", description="Fused kernels for generative models.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     sub.add_parser("info", help="versions, the GPU, and which backends are available (and why not)")
+
     d = sub.add_parser("demo", help="draw from genfast's random stream on a backend and check it")
     d.add_argument("--n", type=int, default=1_000_000)
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--seed", type=seed_int, default=0)
     d.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    d.add_argument("--backend", default=None, choices=["reference", "triton", "cuda", "cpu"])
-    b = sub.add_parser("bench", help="micro-benchmarks of an op per backend (run from the repository); "
-                       "arguments after the op go to its script, e.g. `genfast bench vae --cpu`")
-    b.add_argument("op", choices=sorted(BENCHMARKS), help="which benchmark script to run")
+    d.add_argument("--backend", default=None, choices=BACKEND_CHOICES)
+
+    s = sub.add_parser("sample", help="sample a PNG grid from an embedded model or a checkpoint")
+    s.add_argument("--model", choices=MODEL_KINDS, default="ddpm")
+    s.add_argument("--checkpoint", default=None, help="a genfast train checkpoint instead of the embedded model")
+    s.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim", help="ddpm model only")
+    s.add_argument("--steps", type=positive_int, default=None, help="denoising steps (ddim: 50, ddpm: all 1000)")
+    s.add_argument("--eta", type=finite_float, default=0.0, help="DDIM noise weight (0: deterministic)")
+    s.add_argument("--guidance-scale", type=finite_float, default=None,
+                   help="classifier-free guidance weight (class-conditional ddpm; default 2)")
+    s.add_argument("--label", type=int, default=None, help="sample only this class (default: one class per column)")
+    s.add_argument("--n", type=positive_int, default=64, help="number of images")
+    s.add_argument("--seed", type=seed_int, default=0)
+    s.add_argument("--out", default="grid.png", help="PNG file to write (atomically)")
+    s.add_argument("--scale", type=positive_int, default=2, help="pixel upscaling of the grid")
+    s.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    s.add_argument("--backend", choices=BACKEND_CHOICES, default=None, help="force a genfast backend")
+    s.add_argument("--graph", action="store_true", help="CUDA: capture the whole denoising loop in a CUDA graph")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    c = sub.add_parser("compare", help="genfast's kernels vs plain PyTorch: training per epoch, sampling per batch")
+    from genfast.compare import add_arguments as compare_arguments
+
+    compare_arguments(c)
+
+    b = sub.add_parser("bench", help="every op per backend vs eager PyTorch (and torch.compile on a GPU)")
+    from genfast.bench import add_arguments as bench_arguments
+
+    bench_arguments(b)
+
+    t = sub.add_parser("train", help="train a model; checkpoints and sample grids every N steps; --resume")
+    t.add_argument("model", choices=MODEL_KINDS)
+    t.add_argument("--data", default="digits", help="digits (scikit-learn's), a folder of images or an .npz file")
+    t.add_argument("--image-size", type=positive_int, default=16)
+    t.add_argument("--steps", type=positive_int, default=2000, help="optimizer steps (GANs: generator steps)")
+    t.add_argument("--batch-size", type=positive_int, default=64, help="global batch (split over torchrun ranks)")
+    t.add_argument("--lr", type=finite_float, default=None, help="learning rate (default: the model's)")
+    t.add_argument("--beta", type=finite_float, default=None, help="beta-vae: KL weight (default 4)")
+    t.add_argument("--seed", type=seed_int, default=0)
+    t.add_argument("--out-dir", default=None, help="checkpoints and samples (default runs/<model>)")
+    t.add_argument("--save-every", type=positive_int, default=500)
+    t.add_argument("--sample-every", type=positive_int, default=500)
+    t.add_argument("--resume", action="store_true", help="continue from <out-dir>/last.safetensors")
+    t.add_argument("--export", default=None, help="also write fp16 sampling weights here at the end")
+    t.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    t.add_argument("--backend", choices=BACKEND_CHOICES, default=None, help="force a genfast backend")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
 
+COMMANDS = {"info": _info, "demo": _demo, "sample": _sample, "train": _train, "compare": _compare, "bench": _bench}
+
+
 def main(argv=None) -> int:
-    args, extra = build_parser().parse_known_args(argv)
-    if extra and args.command != "bench":
-        build_parser().parse_args(argv)  # reports the unknown arguments and exits 2
+    args = build_parser().parse_args(argv)
     try:
-        if args.command == "bench":
-            return _bench(args, extra)
-        return {"info": _info, "demo": _demo}[args.command](args)
-    except (ValueError, TypeError, RuntimeError, OSError) as exc:
-        print(f"genfast {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print(f"genfast {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 -- the user gets one line, not a traceback
+        from genfast.training import TrainingInterrupted
+
+        if isinstance(exc, TrainingInterrupted):
+            print(f"genfast {args.command}: {exc}", file=sys.stderr)
+            return 130
+        expected = isinstance(exc, (ValueError, TypeError, RuntimeError, OSError))
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        prefix = "error" if expected else f"unexpected error ({type(exc).__name__})"
+        print(f"genfast {args.command}: {prefix}: {message}", file=sys.stderr)
+        return 2 if expected else 1
 
 
 if __name__ == "__main__":
