@@ -88,4 +88,7 @@ def unflatten_optimizer(prefix: str, tensors: dict[str, torch.Tensor], rest: dic
     for name, value in rest["scalars"].items():
         pid, key = name.split(".", 1)
         state.setdefault(int(pid), {})[key] = value
-    return {"state": state, "param_groups": rest["param_groups"]}
+    # JSON turned tuples (Adam's betas) into lists; give them back as the optimizer wrote them
+    groups = [{k: tuple(v) if isinstance(v, list) and k != "params" else v for k, v in g.items()}
+              for g in rest["param_groups"]]
+    return {"state": state, "param_groups": groups}

@@ -163,7 +163,8 @@ def _train(args) -> int:
     extra = {"beta": args.beta} if args.beta is not None else {}
     settings = TrainSettings(model=args.model, data=args.data, image_size=args.image_size, steps=args.steps,
                              batch_size=args.batch_size, lr=args.lr, seed=args.seed, out_dir=args.out_dir,
-                             save_every=args.save_every, sample_every=args.sample_every, resume=args.resume,
+                             save_every=args.save_every, sample_every=args.sample_every,
+                             sample_images=args.sample_images, resume=args.resume,
                              export=args.export, device=args.device, progress=not args.quiet, extra=extra)
     if args.export:
         from genfast.images import check_writable
@@ -217,7 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--guidance-scale", type=finite_float, default=None,
                    help="classifier-free guidance weight (class-conditional ddpm; default 2)")
     s.add_argument("--label", type=int, default=None, help="sample only this class (default: one class per column)")
-    s.add_argument("--n", type=positive_int, default=64, help="number of images")
+    s.add_argument("--n", "--num-images", dest="n", type=positive_int, default=64,
+                   help="number of images (write --num-images under torchrun, whose parser takes --n)")
     s.add_argument("--seed", type=seed_int, default=0)
     s.add_argument("--out", default="grid.png", help="PNG file to write (atomically)")
     s.add_argument("--scale", type=positive_int, default=2, help="pixel upscaling of the grid")
@@ -248,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out-dir", default=None, help="checkpoints and samples (default runs/<model>)")
     t.add_argument("--save-every", type=positive_int, default=500)
     t.add_argument("--sample-every", type=positive_int, default=500)
+    t.add_argument("--sample-images", type=positive_int, default=64, help="images in each sample grid")
     t.add_argument("--resume", action="store_true", help="continue from <out-dir>/last.safetensors")
     t.add_argument("--export", default=None, help="also write fp16 sampling weights here at the end")
     t.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -260,7 +263,10 @@ COMMANDS = {"info": _info, "demo": _demo, "sample": _sample, "train": _train, "c
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # usage errors (already printed, one line) and --help
+        return exc.code if isinstance(exc.code, int) else 2
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:

@@ -44,6 +44,7 @@ class TrainSettings:
     out_dir: str | None = None       # None: runs/<model>
     save_every: int = 500
     sample_every: int = 500
+    sample_images: int = 64
     resume: bool = False
     export: str | None = None        # also write sampling-only fp16 weights here at the end
     device: str = "cpu"
@@ -280,10 +281,11 @@ def _metrics_text(metrics: dict) -> str:
 
 
 def train(s: TrainSettings, log: Callable[[str], None] = print) -> dict:
-    """Runs `genfast train`; returns a summary (final step, checkpoint path, last metrics, seconds)."""
+    """Runs `genfast train`; returns a summary: final step, checkpoint path, last metrics, seconds and the
+    trained networks by name."""
     if s.model not in MODEL_KINDS:
         raise ValueError(f"--model: unknown model {s.model!r}; choose one of {', '.join(MODEL_KINDS)}")
-    for name in ("steps", "batch_size", "save_every", "sample_every"):
+    for name in ("steps", "batch_size", "save_every", "sample_every", "sample_images"):
         v = getattr(s, name)
         if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
             raise ValueError(f"--{name.replace('_', '-')}: must be a positive integer, got {v!r}")
@@ -339,7 +341,7 @@ def train(s: TrainSettings, log: Callable[[str], None] = print) -> dict:
             net = build_networks(s.model, config)[sampling_network(s.model)].to(device)
             net.load_state_dict(trainer.sampling_state())
             model = GenerativeModel(s.model, net, config, {"data": data_meta})
-            save_grid(run_dir / f"samples_{step:06d}.png", model.sample(64, seed=s.seed), nrow=8, scale=2)
+            save_grid(run_dir / f"samples_{step:06d}.png", model.sample(s.sample_images, seed=s.seed), nrow=8, scale=2)
 
     if ctx.rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -382,7 +384,8 @@ def train(s: TrainSettings, log: Callable[[str], None] = print) -> dict:
         save_checkpoint(s.export, tensors, meta_for(step, None))
     ctx.barrier()
     summary = {"model": s.model, "step": step, "checkpoint": str(last), "seconds": seconds,
-               "metrics": {k: float(v) for k, v in metrics.items()}, "interrupted": interrupted}
+               "metrics": {k: float(v) for k, v in metrics.items()}, "interrupted": interrupted,
+               "networks": trainer.networks()}
     if interrupted:
         raise TrainingInterrupted(f"interrupted at step {step}; checkpoint {last}; continue with --resume")
     if ctx.rank == 0 and start < s.steps:

@@ -1,0 +1,101 @@
+"""`genfast train`: every kind trains and its checkpoint samples; resume and interruption are exact."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from genfast.checkpoint import load_checkpoint
+from genfast.training import TrainSettings, train
+from genfast.zoo import MODEL_KINDS, load_model
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _settings(tmp_path, model, steps, **kw):
+    kw.setdefault("batch_size", 16)
+    kw.setdefault("sample_images", 4)
+    return TrainSettings(model=model, steps=steps, out_dir=str(tmp_path / model), save_every=steps,
+                         sample_every=steps, progress=False, device="cpu", **kw)
+
+
+@pytest.mark.parametrize("model", MODEL_KINDS)
+def test_each_model_trains_checkpoints_and_samples(tmp_path, model):
+    size = 8 if model == "ddpm" else 16  # the U-Net at 8 px keeps its preview sampling quick
+    summary = train(_settings(tmp_path, model, 2, image_size=size), log=lambda s: None)
+    assert summary["step"] == 2 and all(torch.isfinite(torch.tensor(v)) for v in summary["metrics"].values())
+    tensors, meta = load_checkpoint(Path(summary["checkpoint"]))
+    assert meta["model"] == model and meta["step"] == 2 and meta["data"]["image_size"] == size
+    assert any(k.startswith("model.") for k in tensors) and any(k.startswith("optim.") for k in tensors)
+    assert (tmp_path / model / "samples_000002.png").exists()
+    # the sampling weights moved away from the seed's initialization
+    m = load_model(model, summary["checkpoint"], "cpu")
+    torch.manual_seed(0)
+    fresh = type(m.net)(**{k: v for k, v in _net_config(m).items()})
+    moved = any(not torch.equal(a, b) for a, b in zip(m.net.state_dict().values(), fresh.state_dict().values()))
+    assert moved
+    x = m.sample(3, seed=2, steps=2) if model == "ddpm" else m.sample(3, seed=2)
+    assert x.shape == (3, 1, size, size) and x.min() >= 0 and x.max() <= 1
+
+
+def _net_config(m):
+    key = {"ddpm": "unet", "dcgan": "generator", "wgan-gp": "generator"}.get(m.kind, "vae")
+    return m.config[key]
+
+
+@pytest.mark.parametrize("model", ["vae", "wgan-gp"])
+def test_resume_continues_exactly(tmp_path, model):
+    straight = train(_settings(tmp_path / "a", model, 4), log=lambda s: None)
+    train(_settings(tmp_path / "b", model, 2), log=lambda s: None)
+    resumed = train(_settings(tmp_path / "b", model, 4, resume=True), log=lambda s: None)
+    a, _ = load_checkpoint(Path(straight["checkpoint"]))
+    b, meta = load_checkpoint(Path(resumed["checkpoint"]))
+    assert meta["step"] == 4 and a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_resume_refuses_another_model(tmp_path):
+    train(_settings(tmp_path, "vae", 1), log=lambda s: None)
+    s = _settings(tmp_path, "beta-vae", 2, resume=True)
+    s.out_dir = str(tmp_path / "vae")
+    with pytest.raises(ValueError, match="--resume: .* was trained as vae"):
+        train(s, log=lambda s: None)
+
+
+def test_export_is_fp16_sampling_weights_that_sample(tmp_path, capsys):
+    from genfast.cli import main
+
+    export = tmp_path / "vae16.safetensors"
+    train(_settings(tmp_path, "vae", 2, export=str(export)), log=lambda s: None)
+    tensors, meta = load_checkpoint(export)
+    assert all(k.startswith("model.") for k in tensors) and "optim" not in meta
+    assert {v.dtype for v in tensors.values()} == {torch.float16}
+    assert main(["sample", "--model", "vae", "--checkpoint", str(export), "--n", "4", "--out",
+                 str(tmp_path / "g.png"), "--device", "cpu"]) == 0
+    assert (tmp_path / "g.png").stat().st_size > 0
+
+
+def test_sigint_checkpoints_and_resume_finishes(tmp_path):
+    """Ctrl-C: the running step finishes, a checkpoint is written, exit 130 with one line; --resume goes on."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "genfast", "train", "vae", "--steps", "100000", "--save-every", "100000",
+           "--sample-every", "100000", "--batch-size", "16", "--out-dir", str(out), "--device", "cpu", "--quiet"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+    time.sleep(12)  # import + a few hundred steps
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert err.count("\n") == 1 and "--resume" in err and "Traceback" not in err, err
+    _, meta = load_checkpoint(out / "last.safetensors")
+    stopped = meta["step"]
+    assert 0 < stopped < 100000
+    summary = train(TrainSettings(model="vae", steps=stopped + 3, batch_size=16, out_dir=str(out), resume=True,
+                                  save_every=1000, sample_every=1000, sample_images=4, progress=False,
+                                  device="cpu"), log=lambda s: None)
+    assert summary["step"] == stopped + 3
