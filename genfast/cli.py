@@ -128,6 +128,8 @@ def _sample(args) -> int:
         guidance = 2.0
     if model.kind != "ddpm" and (args.sampler, args.steps, args.eta) != ("ddim", None, 0.0):
         raise ValueError(f"--sampler/--steps/--eta: only the ddpm model has a sampler, not {model.kind}")
+    if args.graph and (model.kind != "ddpm" or ctx.device.type != "cuda"):
+        raise ValueError("--graph: captures the ddpm model's denoising loop on a CUDA device only")
     rows = dist_util.share(args.n, ctx.rank, ctx.world_size)
     with use_backend(args.backend):
         # the starting noise is one draw for the whole batch, sliced per rank: a deterministic sampler
