@@ -111,9 +111,11 @@ def _sample(args) -> int:
 
     ctx = dist_util.context(args.device)
     out = check_writable(args.out, "--out") if ctx.rank == 0 else None
-    model = load_model(args.model, args.checkpoint, ctx.device)
+    if args.model is None and args.checkpoint is None:
+        args.model = "ddpm"
     if args.checkpoint is None and args.model not in EMBEDDED:
         raise ValueError(f"--model: no embedded {args.model} model; pass --checkpoint")
+    model = load_model(args.model, args.checkpoint, ctx.device)
     labels = None
     if args.label is not None:
         if model.num_classes is None:
@@ -212,7 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--backend", default=None, choices=BACKEND_CHOICES)
 
     s = sub.add_parser("sample", help="sample a PNG grid from an embedded model or a checkpoint")
-    s.add_argument("--model", choices=MODEL_KINDS, default="ddpm")
+    s.add_argument("--model", choices=MODEL_KINDS, default=None,
+                   help="default: ddpm, or what --checkpoint holds")
     s.add_argument("--checkpoint", default=None, help="a genfast train checkpoint instead of the embedded model")
     s.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim", help="ddpm model only")
     s.add_argument("--steps", type=positive_int, default=None, help="denoising steps (ddim: 50, ddpm: all 1000)")
