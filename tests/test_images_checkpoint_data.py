@@ -50,6 +50,17 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatc
     assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.png"]  # no temporary left behind
 
 
+def test_atomic_write_gives_the_permissions_of_a_plain_open(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        write_atomic(tmp_path / "a.bin", b"x")
+        with open(tmp_path / "b.bin", "wb") as f:
+            f.write(b"x")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "a.bin").stat().st_mode == (tmp_path / "b.bin").stat().st_mode
+
+
 def test_check_writable_names_the_flag(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
