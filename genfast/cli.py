@@ -142,7 +142,7 @@ def _sample(args) -> int:
         # per-rank stream for the noise added during sampling (ancestral steps, eta > 0)
         images = model.sample(len(rows), seed=(args.seed + ctx.rank * 0x9E3779B97F4A7C15) % (1 << 63),
                               labels=local_labels, sampler=args.sampler, steps=args.steps, eta=args.eta,
-                              guidance_scale=guidance if model.num_classes is not None else None,
+                              guidance_scale=guidance,
                               progress=not args.quiet and ctx.rank == 0, init_noise=init, graph=args.graph)
         if ctx.device.type == "cuda":
             torch.cuda.synchronize(ctx.device)

@@ -123,6 +123,7 @@ def test_bad_sample_input_is_one_line(tmp_path, capsys):
          "not a readable safetensors file"),
         (["sample", "--model", "beta-vae", "--out", str(tmp_path / "a.png")], "no embedded beta-vae model"),
         (["sample", "--model", "vae", "--label", "3", "--out", str(tmp_path / "a.png")], "unconditional"),
+        (["sample", "--model", "vae", "--guidance-scale", "3", "--out", str(tmp_path / "a.png")], "unconditional"),
         (["sample", "--model", "vae", "--device", "tpu", "--out", str(tmp_path / "a.png")], "--device"),
         (["sample", "--model", "vae", "--graph", "--out", str(tmp_path / "a.png")], "--graph"),
     ]
