@@ -34,19 +34,15 @@ def save_checkpoint(path, tensors: dict[str, torch.Tensor], metadata: dict[str, 
 
 def load_checkpoint(path, what: str = "--checkpoint") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """-> (tensors on the CPU, metadata). Raises CheckpointError with a one-line reason."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load
+    from safetensors import SafetensorError, safe_open
 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{what}: no such file: {path}")
-    try:
-        data = path.read_bytes()
-        tensors = load(data)
-        from safetensors import safe_open  # metadata: read from the header
-
+    try:  # one open: the header gives the metadata, the tensors follow it
         with safe_open(os.fspath(path), framework="pt") as f:
             raw = (f.metadata() or {}).get("genfast")
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{what}: {path} is not a readable safetensors file ({str(exc).splitlines()[0]})") from None
     if raw is None:

@@ -106,7 +106,6 @@ def _sample(args) -> int:
     from genfast import distributed as dist_util
     from genfast import use_backend
     from genfast.images import check_writable, save_grid
-    from genfast.ops import randn
     from genfast.zoo import load_model
 
     ctx = dist_util.context(args.device)
@@ -136,7 +135,7 @@ def _sample(args) -> int:
     with use_backend(args.backend):
         # the starting noise is one draw for the whole batch, sliced per rank: a deterministic sampler
         # gives the same grid on any number of processes
-        init = randn(model.latent_shape(args.n), seed=args.seed, offset=1 << 41, device=ctx.device)[rows.start:rows.stop]
+        init = model.latent_noise(args.n, args.seed)[rows.start:rows.stop]
         local_labels = labels[rows.start:rows.stop].to(ctx.device) if labels is not None else None
         t0 = time.perf_counter()
         # per-rank stream for the noise added during sampling (ancestral steps, eta > 0)
@@ -174,7 +173,9 @@ def _train(args) -> int:
         from genfast.images import check_writable
 
         check_writable(args.export, "--export")
-    with _backend(args.backend):
+    from genfast import use_backend
+
+    with use_backend(args.backend):
         train(settings)
     return 0
 
@@ -189,14 +190,6 @@ def _bench(args) -> int:
     from genfast.bench import run
 
     return run(args)
-
-
-def _backend(name):
-    import contextlib
-
-    from genfast import use_backend
-
-    return use_backend(name) if name else contextlib.nullcontext()
 
 
 BACKEND_CHOICES = ["reference", "cpu", "cuda", "triton"]

@@ -111,7 +111,6 @@ def load_folder(path: Path, image_size: int) -> ImageData:
         from PIL import Image
     except ImportError:
         raise ValueError("--data: reading an image folder needs Pillow (pip install pillow)") from None
-    grey = True
     pictures = []
     for f in files:
         try:

@@ -104,7 +104,8 @@ class DDPMTrainer:
         self.opt = torch.optim.AdamW(self.unet.parameters(), lr=lr, weight_decay=0.0)
         self.lr = lr
         self.config = config
-        self.alphas_cumprod = NoiseSchedule.from_config(**config["schedule"]).alphas_cumprod
+        device = next(self.unet.parameters()).device  # the table lives where the steps run: no copy per step
+        self.alphas_cumprod = NoiseSchedule.from_config(**config["schedule"]).alphas_cumprod.to(device)
         self.step_count = 0
 
     def optimizers(self):
@@ -123,7 +124,7 @@ class DDPMTrainer:
         x0 = to_signed(x)
         b = x0.shape[0]
         t = torch.randint(0, len(self.alphas_cumprod), (b,), device=x0.device)
-        a = self.alphas_cumprod.to(x0.device)[t].view(b, 1, 1, 1)
+        a = self.alphas_cumprod[t].view(b, 1, 1, 1)
         noise = randn(x0.shape, device=x0.device)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         kw = {}
@@ -228,7 +229,7 @@ def make_trainer(kind: str, nets: dict, config: dict, lr: float | None, ddp: Cal
 # ------------------------------------------------------------------------------------------------------
 # checkpoints
 # ------------------------------------------------------------------------------------------------------
-def checkpoint_tensors(trainer, kind: str, with_training_state: bool, half: bool = False):
+def checkpoint_tensors(trainer, with_training_state: bool, half: bool = False):
     tensors = prefixed("model.", trainer.sampling_state())
     if half:
         tensors = {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
@@ -333,7 +334,7 @@ def train(s: TrainSettings, log: Callable[[str], None] = print) -> dict:
 
     def save(step: int) -> None:
         if ctx.rank == 0:
-            tensors, optim_meta = checkpoint_tensors(trainer, s.model, with_training_state=True)
+            tensors, optim_meta = checkpoint_tensors(trainer, with_training_state=True)
             save_checkpoint(last, tensors, meta_for(step, optim_meta))
 
     def write_samples(step: int) -> None:
@@ -380,7 +381,7 @@ def train(s: TrainSettings, log: Callable[[str], None] = print) -> dict:
         bar.close()
     seconds = time.perf_counter() - t0
     if s.export and ctx.rank == 0 and not interrupted:
-        tensors, _ = checkpoint_tensors(trainer, s.model, with_training_state=False, half=True)
+        tensors, _ = checkpoint_tensors(trainer, with_training_state=False, half=True)
         save_checkpoint(s.export, tensors, meta_for(step, None))
     ctx.barrier()
     summary = {"model": s.model, "step": step, "checkpoint": str(last), "seconds": seconds,

@@ -26,6 +26,7 @@ from genfast.checkpoint import CheckpointError, load_checkpoint, unprefixed
 MODEL_KINDS = ("ddpm", "dcgan", "wgan-gp", "vae", "beta-vae")
 EMBEDDED = ("ddpm", "dcgan", "wgan-gp", "vae")
 WEIGHTS_DIR = Path(__file__).parent / "weights"
+LATENT_OFFSET = 1 << 41  # stream offset of the starting noise / latents (see GenerativeModel.latent_noise)
 
 # The diffusion schedule of the DDPM kind: cosine betas suit small images (Nichol & Dhariwal 2021);
 # trailing spacing keeps 10-step DDIM usable (Lin et al. 2024). Any diffusers DDIM/DDPM config key.
@@ -102,15 +103,14 @@ class GenerativeModel:
         """n images [n, C, S, S] in [0, 1]. seed: genfast's stream seed. init_noise: the starting noise
         (DDPM) or latent z (GAN, VAE), to draw it elsewhere (e.g. sliced from a bigger batch)."""
         from genfast.data import from_signed
-        from genfast.ops import randn
 
         device = next(self.net.parameters()).device
         self.net.eval()
+        z = init_noise if init_noise is not None else self.latent_noise(n, seed)
         if self.kind == "ddpm":
             from genfast.samplers import sample_ddim, sample_ddpm
 
-            shape = (n, *self.image_shape)
-            x = init_noise if init_noise is not None else randn(shape, seed=seed, offset=1 << 41, device=device)
+            x = z
             kw = dict(seed=seed, progress=progress, graph=graph)
             if self.num_classes is not None:
                 if labels is None:
@@ -129,10 +129,7 @@ class GenerativeModel:
         if labels is not None or guidance_scale is not None:
             raise ValueError(f"--label/--guidance-scale: the {self.kind} model is unconditional")
         if self.kind in ("dcgan", "wgan-gp"):
-            z = init_noise if init_noise is not None else randn((n, self.net.nz), seed=seed, device=device)
             return from_signed(self.net(z).float())
-        latent = self.net.latent_dim
-        z = init_noise if init_noise is not None else randn((n, latent), seed=seed, device=device)
         out = self.net.decode(z)
         return torch.sigmoid(out) if self.net.likelihood == "bernoulli" else out.clamp(0, 1)
 
@@ -140,6 +137,13 @@ class GenerativeModel:
         if self.kind == "ddpm":
             return (n, *self.image_shape)
         return (n, self.net.nz if self.kind in ("dcgan", "wgan-gp") else self.net.latent_dim)
+
+    def latent_noise(self, n: int, seed: int) -> torch.Tensor:
+        """The starting noise (DDPM) or latent z (GAN, VAE) of n samples: genfast's stream at
+        LATENT_OFFSET, away from the offsets 0..steps-1 of the sampler's per-step noise."""
+        from genfast.ops import randn
+
+        return randn(self.latent_shape(n), seed=seed, offset=LATENT_OFFSET, device=next(self.net.parameters()).device)
 
 
 def embedded_path(kind: str) -> Path:
