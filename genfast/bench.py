@@ -379,10 +379,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is visible to torch; use --device cpu or auto")
-    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-                          else "cpu")
+    from genfast.distributed import resolve_device
+
+    device = resolve_device(args.device)  # the same --device rules (and errors) as sample/train/compare
     dtype = getattr(torch, args.dtype)
     make = InputMaker(dtype, device)
     machine = machine_info(device)
