@@ -5,6 +5,7 @@ Backend: NCCL for CUDA devices, gloo for the CPU (how the tests run two processe
 """
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -92,3 +93,15 @@ def context(device: str = "auto") -> DistContext:
             torch.cuda.set_device(dev)
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     return DistContext(dist.get_rank(), dist.get_world_size(), dev)
+
+
+def shutdown() -> None:
+    """Tear the process group down while the interpreter is whole (no-op without one).
+
+    DistributedDataParallel modules sit in reference cycles and keep the gloo group alive; left to interpreter
+    exit, its worker threads are destroyed mid-teardown and the process aborts ("terminate called without an
+    active exception") after all the work is done. Collect them first, then destroy the group."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    gc.collect()
+    dist.destroy_process_group()

@@ -5,6 +5,7 @@ import sys
 import torch
 import torch.distributed as dist
 
+from genfast.distributed import shutdown
 from genfast.training import TrainSettings, train
 
 model, out_dir, result = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -15,5 +16,7 @@ gathered = [torch.empty_like(flat) for _ in range(dist.get_world_size())]
 dist.all_gather(gathered, flat)
 if dist.get_rank() == 0:
     same = all(torch.equal(gathered[0], g) for g in gathered[1:])
-    json.dump({"world": dist.get_world_size(), "same": same, "step": summary["step"]}, open(result, "w"))
-dist.destroy_process_group()
+    with open(result, "w") as f:
+        json.dump({"world": dist.get_world_size(), "same": same, "step": summary["step"]}, f)
+del summary, flat, gathered
+shutdown()
