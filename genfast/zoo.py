@@ -110,7 +110,6 @@ class GenerativeModel:
         if self.kind == "ddpm":
             from genfast.samplers import sample_ddim, sample_ddpm
 
-            x = z
             kw = dict(seed=seed, progress=progress, graph=graph)
             if self.num_classes is not None:
                 if labels is None:
@@ -120,9 +119,9 @@ class GenerativeModel:
                 raise ValueError("--label/--guidance-scale: this DDPM model is unconditional")
             schedule = self.config["schedule"]
             if sampler == "ddim":
-                x = sample_ddim(self.net, x, schedule, steps=steps or 50, eta=eta, **kw)
+                x = sample_ddim(self.net, z, schedule, steps=steps or 50, eta=eta, **kw)
             elif sampler == "ddpm":
-                x = sample_ddpm(self.net, x, schedule, steps=steps, **kw)
+                x = sample_ddpm(self.net, z, schedule, steps=steps, **kw)
             else:
                 raise ValueError(f"--sampler: expected ddim or ddpm, got {sampler!r}")
             return from_signed(x.float())
