@@ -281,13 +281,6 @@ def main(argv=None) -> int:
         prefix = "error" if expected else f"unexpected error ({type(exc).__name__})"
         print(f"genfast {args.command}: {prefix}: {message}", file=sys.stderr)
         return 2 if expected else 1
-    finally:
-        from genfast.distributed import shutdown
-
-        try:
-            shutdown()
-        except Exception:  # noqa: BLE001 -- a peer that already failed: its error was reported above
-            pass
 
 
 if __name__ == "__main__":

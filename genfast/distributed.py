@@ -5,6 +5,7 @@ Backend: NCCL for CUDA devices, gloo for the CPU (how the tests run two processe
 """
 from __future__ import annotations
 
+import atexit
 import gc
 import os
 from dataclasses import dataclass
@@ -92,6 +93,7 @@ def context(device: str = "auto") -> DistContext:
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        atexit.register(_shutdown_at_exit)  # whoever created the group tears it down, CLI or library caller
     return DistContext(dist.get_rank(), dist.get_world_size(), dev)
 
 
@@ -100,8 +102,16 @@ def shutdown() -> None:
 
     DistributedDataParallel modules sit in reference cycles and keep the gloo group alive; left to interpreter
     exit, its worker threads are destroyed mid-teardown and the process aborts ("terminate called without an
-    active exception") after all the work is done. Collect them first, then destroy the group."""
+    active exception") after all the work is done. Collect them first, then destroy the group. context()
+    registers this to run at exit when it creates the group; call it earlier to free the group sooner."""
     if not (dist.is_available() and dist.is_initialized()):
         return
     gc.collect()
     dist.destroy_process_group()
+
+
+def _shutdown_at_exit() -> None:
+    try:
+        shutdown()
+    except Exception:  # noqa: BLE001 -- a peer that already failed: its error was reported before exit
+        pass
