@@ -49,8 +49,6 @@ def test_unknown_command_arguments_are_rejected():
 
 
 # --- genfast sample / train / compare: what a user types, and bad input as one line -------------------
-import io  # noqa: E402
-
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 

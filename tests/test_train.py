@@ -11,7 +11,7 @@ import torch
 
 from genfast.checkpoint import load_checkpoint
 from genfast.training import TrainSettings, train
-from genfast.zoo import MODEL_KINDS, load_model
+from genfast.zoo import MODEL_KINDS, build_networks, load_model, sampling_network
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -35,16 +35,11 @@ def test_each_model_trains_checkpoints_and_samples(tmp_path, model):
     # the sampling weights moved away from the seed's initialization
     m = load_model(model, summary["checkpoint"], "cpu")
     torch.manual_seed(0)
-    fresh = type(m.net)(**{k: v for k, v in _net_config(m).items()})
+    fresh = build_networks(m.kind, m.config)[sampling_network(m.kind)]
     moved = any(not torch.equal(a, b) for a, b in zip(m.net.state_dict().values(), fresh.state_dict().values()))
     assert moved
     x = m.sample(3, seed=2, steps=2) if model == "ddpm" else m.sample(3, seed=2)
     assert x.shape == (3, 1, size, size) and x.min() >= 0 and x.max() <= 1
-
-
-def _net_config(m):
-    key = {"ddpm": "unet", "dcgan": "generator", "wgan-gp": "generator"}.get(m.kind, "vae")
-    return m.config[key]
 
 
 @pytest.mark.parametrize("model", ["vae", "wgan-gp"])
