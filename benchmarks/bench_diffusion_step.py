@@ -38,7 +38,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import genfast  # noqa: E402
-from genfast.bench import eager_ddim  # noqa: E402  (the DDIM update as plain torch ops)
+from genfast.cli.bench import eager_ddim  # noqa: E402  (the DDIM update as plain torch ops)
 from genfast.ops import ddim_step, ddpm_step  # noqa: E402
 
 try:

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import genfast  # noqa: E402
 from benchmarks.bandwidth import Row, copy_bandwidth_gbs, machine_header, print_table, time_us  # noqa: E402
-from genfast.bench import eager_reparameterize_kl  # noqa: E402
+from genfast.cli.bench import eager_reparameterize_kl  # noqa: E402
 from genfast.ops import reparameterize_kl  # noqa: E402
 
 GPU_SHAPES = [(256, 128), (64, 4, 64, 64), (16, 16, 128, 128)]

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import genfast
-import genfast.bench as bench
+import genfast.cli.bench as bench
 
 ELEMENTS = 4 * 3 * 8 * 8  # the --size small shape
 BYTES_PER_ELEMENT = {"randn": 1, "ddim eta=0": 3, "ddim eta=1": 3, "ddpm": 3, "norm penalty fwd+bwd": 3,

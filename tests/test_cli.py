@@ -61,9 +61,9 @@ def _png(path):
 
 @pytest.mark.parametrize("model", ["vae", "dcgan", "wgan-gp"])
 def test_sample_embedded_model_writes_the_grid_of_its_samples(tmp_path, capsys, model):
-    from genfast.images import make_grid
+    from genfast.training.images import make_grid
     from genfast.ops import randn
-    from genfast.zoo import embedded_path, load_model
+    from genfast.training.zoo import embedded_path, load_model
 
     if not embedded_path(model).exists():
         pytest.skip(f"the embedded {model} weights are not in this checkout")
@@ -81,8 +81,8 @@ def test_sample_embedded_model_writes_the_grid_of_its_samples(tmp_path, capsys, 
 
 def test_embedded_models_make_distinct_digit_like_images():
     """Not noise and not one image repeated: the embedded generators learned the digits."""
-    from genfast.data import load_data
-    from genfast.zoo import EMBEDDED, embedded_path, load_model
+    from genfast.training.data import load_data
+    from genfast.training.zoo import EMBEDDED, embedded_path, load_model
 
     digits = load_data("digits", 16).images
     for kind in EMBEDDED:
@@ -152,7 +152,7 @@ def test_python_dash_m_sample_error_has_no_traceback(tmp_path):
 def test_compare_times_both_paths_and_their_samples_agree(tmp_path, capsys):
     import json
 
-    from genfast.zoo import embedded_path
+    from genfast.training.zoo import embedded_path
 
     if not embedded_path("vae").exists():
         pytest.skip("the embedded vae weights are not in this checkout")

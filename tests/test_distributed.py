@@ -21,7 +21,7 @@ def _torchrun(args, tmp_path, timeout=300):
 
 def test_torchrun_sample_gathers_the_same_grid_as_one_process(tmp_path):
     from genfast.cli import main
-    from genfast.zoo import embedded_path
+    from genfast.training.zoo import embedded_path
 
     if not embedded_path("vae").exists():
         pytest.skip("the embedded vae weights are not in this checkout")

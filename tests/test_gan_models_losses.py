@@ -6,8 +6,9 @@ import torch
 
 import genfast
 from genfast import losses
-from genfast.models import DCGANDiscriminator, DCGANGenerator, GANTrainer, WGANGPCritic
-from genfast.models import gan_training
+from genfast.models import DCGANDiscriminator, DCGANGenerator, WGANGPCritic
+from genfast.training import GANTrainer
+from genfast.training import gan as gan_training
 
 
 def test_gan_losses_match_formulas():

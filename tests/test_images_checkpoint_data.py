@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from genfast.checkpoint import (CheckpointError, flatten_optimizer, load_checkpoint, save_checkpoint,
+from genfast.training.checkpoint import (CheckpointError, flatten_optimizer, load_checkpoint, save_checkpoint,
                                 unflatten_optimizer)
-from genfast.data import load_data
-from genfast.images import check_writable, make_grid, png_bytes, save_grid, write_atomic
+from genfast.training.data import load_data
+from genfast.training.images import check_writable, make_grid, png_bytes, save_grid, write_atomic
 
 PIL = pytest.importorskip("PIL.Image")
 
@@ -162,3 +162,95 @@ def test_bad_data_is_a_clear_error(tmp_path):
     np.savez(tmp_path / "f.npz", x=np.full((2, 4, 4), 3.0))
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         load_data(str(tmp_path / "f.npz"))
+
+
+@pytest.mark.parametrize("name, magic", [("g.png", b"\x89PNG"), ("g.jpg", b"\xff\xd8\xff"), ("g.JPEG", b"\xff\xd8\xff"),
+                                         ("g.bmp", b"BM"), ("g.webp", b"RIFF")])
+def test_the_extension_picks_the_format(tmp_path, name, magic):
+    images = torch.rand(4, 3, 6, 6)
+    save_grid(tmp_path / name, images, nrow=2)
+    data = (tmp_path / name).read_bytes()
+    assert data.startswith(magic)
+    decoded = np.asarray(PIL.open(tmp_path / name).convert("RGB")).astype(int)
+    grid = make_grid(images, nrow=2).astype(int)
+    assert decoded.shape == grid.shape
+    if name.lower().endswith(("jpg", "jpeg")):  # lossy: close on average
+        assert np.abs(decoded - grid).mean() <= 8
+    else:
+        assert np.array_equal(decoded, grid)
+
+
+def test_an_unknown_extension_is_refused_before_any_work(tmp_path):
+    with pytest.raises(ValueError, match=r"--out: .*\.xyz"):
+        check_writable(tmp_path / "grid.xyz", "--out", image=True)
+    assert check_writable(tmp_path / "grid.png", "--out", image=True) == tmp_path / "grid.png"
+
+
+def test_atomic_write_follows_a_symlink_and_keeps_the_link(tmp_path):
+    target = tmp_path / "real.bin"
+    target.write_bytes(b"old")
+    link = tmp_path / "link.bin"
+    link.symlink_to(target)
+    write_atomic(link, b"new")
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert target.read_bytes() == b"new"
+
+
+def test_atomic_write_keeps_the_permissions_of_an_existing_file(tmp_path):
+    target = tmp_path / "a.bin"
+    target.write_bytes(b"old")
+    os.chmod(target, 0o640)
+    write_atomic(target, b"new")
+    assert target.read_bytes() == b"new" and (target.stat().st_mode & 0o777) == 0o640
+
+
+def test_a_device_is_written_in_place_not_replaced(tmp_path):
+    import stat
+
+    before = os.stat("/dev/null")
+    write_atomic("/dev/null", b"grid bytes")
+    after = os.stat("/dev/null")
+    assert stat.S_ISCHR(after.st_mode) and after.st_ino == before.st_ino and after.st_rdev == before.st_rdev
+    assert check_writable("/dev/null", "--out") == __import__("pathlib").Path("/dev/null")
+
+
+def test_a_fifo_is_written_in_place_or_refused(tmp_path):
+    import stat
+    import threading
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(OSError, match="no reader"):  # nobody reads: refuse rather than hang
+        write_atomic(fifo, b"x")
+    got = []
+
+    def reader():  # a blocking open: it waits for the writer, then reads to EOF
+        with open(fifo, "rb") as f:
+            got.append(f.read())
+
+    t = threading.Thread(target=reader)
+    t.start()
+    for _ in range(1000):  # until the reader's open() has registered it (no sleep-based guess)
+        try:
+            write_atomic(fifo, b"through the pipe")
+            break
+        except OSError as exc:
+            assert "no reader" in str(exc)
+            threading.Event().wait(0.01)
+    t.join(10)
+    assert got == [b"through the pipe"] and stat.S_ISFIFO(os.stat(fifo).st_mode)
+
+
+def test_a_socket_is_refused(tmp_path):
+    import socket
+
+    path = tmp_path / "s.sock"
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(path))
+    try:
+        with pytest.raises(ValueError, match="--out: .*neither a regular file"):
+            check_writable(path, "--out")
+        with pytest.raises(OSError, match="not a regular file"):
+            write_atomic(path, b"x")
+    finally:
+        sock.close()

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from genfast.checkpoint import load_checkpoint
+from genfast.training.checkpoint import load_checkpoint
 from genfast.training import TrainSettings, train
-from genfast.zoo import MODEL_KINDS, build_networks, load_model, sampling_network
+from genfast.training.zoo import MODEL_KINDS, build_networks, load_model, sampling_network
 
 REPO = Path(__file__).resolve().parent.parent
 

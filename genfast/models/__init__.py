@@ -1,6 +1,8 @@
-"""Model definitions: DCGAN, WGAN-GP critic, conv VAE / beta-VAE, class-conditional U-Net."""
-from genfast.models.critic import WGANGPCritic  # noqa: E402
-from genfast.models.dcgan import DCGANDiscriminator, DCGANGenerator  # noqa: E402
-from genfast.models.gan_training import GANTrainer  # noqa: E402
-from genfast.models.unet import UNet  # noqa: E402
-from genfast.models.vae import ConvVAE  # noqa: E402,F401
+"""Model definitions: DCGAN, WGAN-GP critic, conv VAE / beta-VAE, class-conditional U-Net. The training
+loops that use them live in genfast.training."""
+from genfast.models.critic import WGANGPCritic
+from genfast.models.dcgan import DCGANDiscriminator, DCGANGenerator
+from genfast.models.unet import UNet
+from genfast.models.vae import ConvVAE
+
+__all__ = ["WGANGPCritic", "DCGANDiscriminator", "DCGANGenerator", "UNet", "ConvVAE"]

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from genfast.ops._stream import to_signed64
+from genfast.samplers.loop import Plan, denoise
 
 _GRAPHS: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()
 _GRAPHS_BY_ID: dict = {}  # models that cannot be weakly referenced (kept alive here until cleared)
@@ -89,8 +90,6 @@ def clear_graphs(model=None) -> None:
 
 
 def run_graphed(model, x: torch.Tensor, plan, seed: int) -> torch.Tensor:
-    from genfast.samplers.sampling import Plan, denoise
-
     _check_device(x)
     key = (plan.key(), tuple(x.shape), x.dtype, str(x.device), _tensor_signature(plan.cond),
            _tensor_signature(plan.uncond))

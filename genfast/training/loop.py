@@ -24,12 +24,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genfast import distributed as dist_util
-from genfast.checkpoint import (CheckpointError, flatten_optimizer, load_checkpoint, prefixed, save_checkpoint,
+from genfast.training import distributed as dist_util
+from genfast.training.checkpoint import (CheckpointError, flatten_optimizer, load_checkpoint, prefixed, save_checkpoint,
                                 unflatten_optimizer, unprefixed)
-from genfast.data import ImageData, load_data, to_signed
-from genfast.images import save_grid
-from genfast.zoo import MODEL_KINDS, GenerativeModel, build_networks, default_config, ema_copy, sampling_network
+from genfast.training.data import ImageData, load_data, to_signed
+from genfast.training.images import save_grid
+from genfast.training.zoo import MODEL_KINDS, GenerativeModel, build_networks, default_config, ema_copy, sampling_network
 
 
 @dataclass
@@ -150,10 +150,10 @@ class DDPMTrainer:
 
 class GANKindTrainer:
     """DCGAN (non-saturating loss, BatchNorm discriminator) or WGAN-GP (5 critic steps, fused penalty),
-    through genfast.models.GANTrainer. One step = n_critic critic updates + one generator update."""
+    through genfast.training.GANTrainer. One step = n_critic critic updates + one generator update."""
 
     def __init__(self, kind, nets, config, lr, ddp, penalty_impl="genfast"):
-        from genfast.models import GANTrainer
+        from genfast.training.gan import GANTrainer
 
         self.generator, self.critic = nets["generator"], nets["critic"]
         nz = config["generator"]["nz"]

@@ -379,7 +379,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from genfast.distributed import resolve_device
+    from genfast.training.distributed import resolve_device
 
     device = resolve_device(args.device)  # the same --device rules (and errors) as sample/train/compare
     dtype = getattr(torch, args.dtype)

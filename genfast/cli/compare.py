@@ -25,7 +25,7 @@ SAMPLE_KINDS = ("dcgan", "wgan-gp", "vae", "ddpm-1000", "ddim-50", "ddim-10")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from genfast.cli import positive_int, seed_int
+    from genfast.cli.args import positive_int, seed_int
 
     p.add_argument("--train", default=",".join(TRAIN_KINDS),
                    help=f"models to time one training epoch of, comma-separated, or none ({', '.join(TRAIN_KINDS)})")
@@ -60,7 +60,7 @@ def _sync(device: torch.device) -> None:
 def time_train_epoch(kind: str, data, impl: str, device, batch_size: int, seed: int, max_batches: int | None) -> tuple[float, int]:
     """Seconds for one epoch (or max_batches batches) of `kind` from fresh weights; -> (seconds, batches)."""
     from genfast.training import BatchSource, make_trainer
-    from genfast.zoo import build_networks, default_config
+    from genfast.training.zoo import build_networks, default_config
 
     config = default_config(kind, data.channels, data.image_size, data.num_classes)
     torch.manual_seed(seed)
@@ -83,7 +83,7 @@ def time_train_epoch(kind: str, data, impl: str, device, batch_size: int, seed: 
 
 def time_sampling(kind: str, impl: str, device, n: int, seed: int) -> tuple[float, torch.Tensor]:
     """Seconds for one batch of n samples of `kind` (embedded weights); -> (seconds, images)."""
-    from genfast.zoo import load_model
+    from genfast.training.zoo import load_model
 
     model_kind = "ddpm" if kind.startswith(("ddpm", "ddim")) else kind
     model = load_model(model_kind, None, device)
@@ -106,17 +106,17 @@ def time_sampling(kind: str, impl: str, device, n: int, seed: int) -> tuple[floa
 
 
 def run_compare(args) -> int:
-    from genfast.bench import format_machine, machine_info
-    from genfast.data import load_data
-    from genfast.distributed import resolve_device
-    from genfast.images import check_writable, make_grid, png_bytes, write_atomic
+    from genfast.cli.bench import format_machine, machine_info
+    from genfast.training.data import load_data
+    from genfast.training.distributed import resolve_device
+    from genfast.training.images import check_writable, image_bytes, image_format, make_grid, write_atomic
 
     device = resolve_device(args.device)
     train_kinds = _choices(args.train, TRAIN_KINDS, "--train")
     sample_kinds = _choices(args.sample, SAMPLE_KINDS, "--sample")
     if not train_kinds and not sample_kinds:
         raise ValueError("--train/--sample: nothing to compare (both are none)")
-    out = check_writable(args.out, "--out") if sample_kinds else None
+    out = check_writable(args.out, "--out", image=True) if sample_kinds else None
     n = args.n or (64 if device.type == "cuda" else 16)
     rows = []
     if train_kinds:
@@ -137,7 +137,7 @@ def run_compare(args) -> int:
                      "reference_s": plain, "speedup": plain / fused, "max_pixel_diff": diff})
         panels.append((a, b))
     if panels:
-        write_atomic(out, png_bytes(_side_by_side(panels, make_grid)))
+        write_atomic(out, image_bytes(_side_by_side(panels, make_grid), image_format(out)))
     machine = machine_info(device)
     if args.json:
         print(json.dumps({"machine": machine, "rows": rows}, indent=1))

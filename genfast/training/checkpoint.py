@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from genfast.images import write_atomic
+from genfast.training.images import write_atomic
 
 FORMAT = "genfast-checkpoint-1"
 

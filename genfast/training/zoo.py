@@ -21,11 +21,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from genfast.checkpoint import CheckpointError, load_checkpoint, unprefixed
+from genfast.training.checkpoint import CheckpointError, load_checkpoint, unprefixed
 
 MODEL_KINDS = ("ddpm", "dcgan", "wgan-gp", "vae", "beta-vae")
 EMBEDDED = ("ddpm", "dcgan", "wgan-gp", "vae")
-WEIGHTS_DIR = Path(__file__).parent / "weights"
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"  # genfast/weights
 LATENT_OFFSET = 1 << 41  # stream offset of the starting noise / latents (see GenerativeModel.latent_noise)
 
 # The diffusion schedule of the DDPM kind: cosine betas suit small images (Nichol & Dhariwal 2021);
@@ -102,7 +102,7 @@ class GenerativeModel:
                progress: bool = False, graph: bool = False, init_noise: torch.Tensor | None = None) -> torch.Tensor:
         """n images [n, C, S, S] in [0, 1]. seed: genfast's stream seed. init_noise: the starting noise
         (DDPM) or latent z (GAN, VAE), to draw it elsewhere (e.g. sliced from a bigger batch)."""
-        from genfast.data import from_signed
+        from genfast.training.data import from_signed
 
         device = next(self.net.parameters()).device
         self.net.eval()

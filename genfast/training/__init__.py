@@ -1,0 +1,15 @@
+"""Training: the loops behind `genfast train` and `genfast compare`, and what they need.
+
+  gan.py          GANTrainer: critic/generator steps with the fused gradient penalty, lazy
+                  regularization, an optional CUDA-graph-captured critic step
+  loop.py         TrainSettings, train(): deterministic, resumable training of every model kind
+  zoo.py          the model kinds, their default configs, the embedded weights, sampling
+  data.py         digits / image folder / .npz data
+  checkpoint.py   safetensors checkpoints (model, training state, optimizer)
+  images.py       image grids, written with Pillow in the format the file name asks for
+  distributed.py  torchrun: process group, DDP, rank slices, gather
+"""
+from genfast.training.gan import GANTrainer
+from genfast.training.loop import BatchSource, TrainingInterrupted, TrainSettings, make_trainer, train
+
+__all__ = ["GANTrainer", "TrainSettings", "train", "TrainingInterrupted", "BatchSource", "make_trainer"]
