@@ -1,30 +1,48 @@
-// CPU kernel of genfast.ops.rand / randn: one Philox call per four consecutive elements.
+// CPU kernel of genfast.ops.rand / randn: the stream (csrc/stream_cpu.cpp) drawn straight into fp32
+// outputs (streaming stores when the output is larger than the cache), through a small fp32 buffer for
+// the other dtypes. Threads take contiguous ranges; a small draw stays on the calling thread.
+#include <cstring>
+#include <type_traits>
+
+#include "common.cuh"
 #include "random.h"
-#include "philox.cuh"
+#include "simd_cpu.h"
 #include "stream_cpu.h"
 
 namespace genfast {
 namespace {
 
-constexpr int64_t kChunk = 4096;  // elements per task: a multiple of 4, so chunks start on a counter
+constexpr int64_t kBlock = 2048;          // elements per buffered block (a multiple of every vector group)
+constexpr int64_t kMinPerThread = 16384;  // ~10-20 us of Philox + Box-Muller per thread
+
+void draw(bool normal, uint64_t seed, uint64_t offset, int64_t first, int64_t n, float* out, bool streaming) {
+  if (normal) stream_normals_cpu(seed, offset, first, n, out, streaming);
+  else stream_uniforms_cpu(seed, offset, first, n, out, streaming);
+}
 
 template <typename T>
 void fill(T* out, int64_t n, uint64_t seed, uint64_t offset, bool normal) {
-  const int64_t chunks = (n + kChunk - 1) / kChunk;
-#pragma omp parallel for schedule(static) if (chunks > 4)
-  for (int64_t c = 0; c < chunks; ++c) {
-    alignas(64) float buf[kChunk];
-    const int64_t base = c * kChunk;
-    const int64_t len = n - base < kChunk ? n - base : kChunk;
-    if (normal) {
-      stream_normals_cpu(seed, offset, base, len, buf);
+  const bool streaming = cpu::use_streaming_stores(n * static_cast<int64_t>(sizeof(T)));
+  const int threads = cpu::threads_for(n, kMinPerThread);
+#pragma omp parallel num_threads(threads) if (threads > 1)
+  {
+    int part = 0, parts = 1;
+#if defined(_OPENMP)
+    part = omp_get_thread_num();
+    parts = omp_get_num_threads();
+#endif
+    int64_t begin, end;
+    cpu::split_range(n, parts, part, 64, begin, end);
+    if constexpr (std::is_same<T, float>::value) {
+      draw(normal, seed, offset, begin, end - begin, out + begin, streaming);
     } else {
-      for (int64_t q = 0; q < (len + 3) / 4; ++q) {
-        const F32x4 v = uniform4(philox_block(seed, offset, static_cast<uint64_t>(base / 4 + q)));
-        buf[4 * q] = v.x; buf[4 * q + 1] = v.y; buf[4 * q + 2] = v.z; buf[4 * q + 3] = v.w;
+      alignas(64) float buf[kBlock];
+      for (int64_t start = begin; start < end; start += kBlock) {
+        const int64_t len = std::min(kBlock, end - start);
+        draw(normal, seed, offset, start, len, buf, false);
+        for (int64_t k = 0; k < len; ++k) Convert<T>::store(out + start + k, buf[k]);
       }
     }
-    for (int64_t k = 0; k < len; ++k) Convert<T>::store(out + base + k, buf[k]);
   }
 }
 
@@ -33,6 +51,7 @@ void fill(T* out, int64_t n, uint64_t seed, uint64_t offset, bool normal) {
 void random_fill_cpu(uintptr_t out, int64_t n, int dtype, StreamArgs rng, bool normal) {
   check_numel(n, out, "out");
   check_dtype(dtype, "out");
+  if (n == 0) return;
   const uint64_t seed = load_stream_value(rng.seed, rng.seed_ptr);
   const uint64_t offset = load_stream_value(rng.offset, rng.offset_ptr);
   switch (dtype) {
