@@ -22,7 +22,8 @@ formula (torch ops + torch.randn), torch.compile of that formula, genfast triton
 eager call and replayed from a CUDA graph (diffusers' step syncs the host and is not capturable: "n/a").
 
 Run: `python benchmarks/bench_diffusion_step.py` (GPU) or `python benchmarks/bench_diffusion_step.py --cpu`
-(the cpu backend vs the eager formula at (64,3,64,64) fp32; goal >= 2x).
+(= `genfast bench --device cpu --op diffusion_step`: eager, torch.compile and the cpu backend at a cache-resident
+and an out-of-cache shape, with the copy bandwidth at each case's footprint; issue 13's goals).
 """
 from __future__ import annotations
 
@@ -122,40 +123,24 @@ def gpu_rows(shape, dtype, copy):
     return rows
 
 
-def cpu_mode():
-    shape = (64, 3, 64, 64)
-    x = torch.randn(shape)
-    m = torch.randn(shape)
-    print(f"CPU: {torch.get_num_threads()} torch threads, genfast backends: "
-          f"{genfast.backends()['cpu']}")
-    print(f"\n## CPU step at {shape} fp32 (median ms)\n")
-    print("| variant | eager formula | genfast cpu | genfast reference | speed-up cpu vs eager |")
-    print("|---|---:|---:|---:|---:|")
-    for eta in (0.0, 1.0):
-        eager = time_us(lambda: eager_ddim(x, m, A_T, A_P, eta), "cpu") / 1e3
-        with genfast.use_backend("cpu"):
-            ours = time_us(lambda: ddim_step(x, m, A_T, A_P, eta=eta, seed=1), "cpu") / 1e3
-        with genfast.use_backend("reference"):
-            ref = time_us(lambda: ddim_step(x, m, A_T, A_P, eta=eta, seed=1), "cpu", rep=5) / 1e3
-        print(f"| DDIM eta={eta} | {eager:.2f} | {ours:.2f} | {ref:.2f} | {eager / ours:.2f}x |")
-    z = torch.randn(shape)
-    eager = time_us(lambda: eager_ddim(x, m, A_T, A_P, 0.0) + 0.5 * z, "cpu") / 1e3
-    with genfast.use_backend("cpu"):
-        ours = time_us(lambda: ddim_step(x, m, A_T, A_P, eta=1.0, noise=z), "cpu") / 1e3
-    print(f"| DDIM eta=1, noise given | {eager:.2f} | {ours:.2f} | - | {eager / ours:.2f}x |")
-    with genfast.use_backend("cpu"):
-        ours = time_us(lambda: ddpm_step(x, m, A_T, A_P, seed=1), "cpu") / 1e3
-    print(f"| DDPM fixed_small (genfast only) | - | {ours:.2f} | - | - |")
+def cpu_mode(argv=()):
+    """The CPU comparison is `genfast bench`'s: eager, torch.compile, genfast reference and cpu at the cache-
+    resident and the out-of-cache shape, interleaved, next to a copy of the same footprint."""
+    from genfast.cli import main as genfast_main
+
+    return genfast_main(["bench", "--device", "cpu", "--op", "diffusion_step", *argv])
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--cpu", action="store_true", help="the CPU comparison at (64,3,64,64) fp32")
+    p.add_argument("--cpu", action="store_true", help="the CPU comparison (genfast bench --device cpu --op "
+                                                       "diffusion_step; options after -- go to it)")
     p.add_argument("--dtypes", nargs="+", default=["float32", "float16"])
-    args = p.parse_args(argv)
+    args, rest = p.parse_known_args(argv)
     if args.cpu:
-        cpu_mode()
-        return
+        raise SystemExit(cpu_mode([a for a in rest if a != "--"]))
+    if rest:
+        p.error(f"unrecognized arguments: {' '.join(rest)}")
     if not torch.cuda.is_available():
         raise SystemExit("no CUDA device: run with --cpu for the CPU figure")
     if Row is None:

@@ -1,5 +1,5 @@
 """Fused VAE reparameterization + KL (genfast.ops.reparameterize_kl), forward + backward, side by side:
-eager PyTorch, torch.compile, genfast triton, genfast cuda; with --cpu the cpu backend vs eager.
+eager PyTorch, torch.compile, genfast triton, genfast cuda; with --cpu `genfast bench --device cpu --op vae`.
 
 One step = z, kl = reparameterize_kl(mu, logvar, reduction="batchmean") then the backward with
 grad_z given and grad_kl = 1 (the eager version: z = mu + exp(lv/2) * randn_like(mu),
@@ -36,7 +36,6 @@ from genfast.cli.bench import eager_reparameterize_kl  # noqa: E402
 from genfast.ops import reparameterize_kl  # noqa: E402
 
 GPU_SHAPES = [(256, 128), (64, 4, 64, 64), (16, 16, 128, 128)]
-CPU_SHAPES = [(64, 4, 64, 64)]
 
 
 def make_step(fn, mu, logvar, grad_z):
@@ -80,14 +79,14 @@ def run(device: torch.device, shapes, dtype: torch.dtype, candidates) -> list[Ro
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--cpu", action="store_true", help="the cpu backend vs eager at (64, 4, 64, 64) fp32")
+    p.add_argument("--cpu", action="store_true", help="the CPU comparison (genfast bench --device cpu --op vae)")
     p.add_argument("--dtype", default="float32")
     args = p.parse_args(argv)
     dtype = getattr(torch, args.dtype)
-    if args.cpu:
-        device = torch.device("cpu")
-        candidates = [("eager", eager_reparameterize_kl), ("genfast cpu", genfast_fn("cpu"))]
-        rows = run(device, CPU_SHAPES, dtype, candidates)
+    if args.cpu:  # eager, torch.compile, genfast reference and cpu, interleaved, both CPU shapes of genfast bench
+        from genfast.cli import main as genfast_main
+
+        raise SystemExit(genfast_main(["bench", "--device", "cpu", "--op", "vae", "--dtype", args.dtype]))
     else:
         if not torch.cuda.is_available():
             raise SystemExit("no CUDA device: run with --cpu for the CPU comparison")
