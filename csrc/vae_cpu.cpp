@@ -4,7 +4,7 @@
 // column over its rows. Every sum is in a fixed pairwise order (csrc/simd_cpu.h; columns: blocks of
 // kColBlock rows, block sums combined pairwise), and the few partials per row / column are combined the
 // same way at the end, so results do not depend on the thread count and lose O(log n) ulps, not O(n).
-// The backward is elementwise over (row, column chunk) tasks, the noise drawn again from the stream.
+// The backward is elementwise over contiguous element ranges, the noise drawn again from the stream.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -71,10 +71,10 @@ using TasksFn = void (*)(const VaeCtx&, int64_t, int64_t);
 
 TasksFn pick(bool forward) {
 #if GF_X86_DISPATCH
-  if (cpu::isa_level() == cpu::kIsaAvx512) return forward ? isa_avx512::forward_tasks : isa_avx512::backward_tasks;
-  if (cpu::isa_level() == cpu::kIsaAvx2) return forward ? isa_avx2::forward_tasks : isa_avx2::backward_tasks;
+  if (cpu::isa_level() == cpu::kIsaAvx512) return forward ? isa_avx512::forward_tasks : isa_avx512::backward_range_any;
+  if (cpu::isa_level() == cpu::kIsaAvx2) return forward ? isa_avx2::forward_tasks : isa_avx2::backward_range_any;
 #endif
-  return forward ? isa_base::forward_tasks : isa_base::backward_tasks;
+  return forward ? isa_base::forward_tasks : isa_base::backward_range_any;
 }
 
 VaeCtx make_ctx(uintptr_t mu, uintptr_t logvar, uintptr_t noise, int64_t B, int64_t D, int dtype, StreamArgs rng,
@@ -152,8 +152,7 @@ void vae_backward_cpu(uintptr_t grad_z, uintptr_t grad_rows, uintptr_t grad_cols
   ctx.grad_cols = cptr<float>(grad_cols);
   ctx.streaming = cpu::use_streaming_stores(n * elem_bytes(dtype) * (4 + (grad_z ? 1 : 0) + (noise ? 1 : 0)));
   const TasksFn fn = pick(false);
-  cpu::parallel_tasks(B * ctx.n_chunks, cpu::threads_for(n, kMinPerThread),
-                      [&](int64_t first, int64_t last) { fn(ctx, first, last); });
+  cpu::parallel_ranges(n, kMinPerThread, [&](int64_t begin, int64_t end) { fn(ctx, begin, end); });
 }
 
 }  // namespace genfast
