@@ -128,8 +128,11 @@ void vae_forward_cpu(uintptr_t mu, uintptr_t logvar, uintptr_t noise, uintptr_t 
   const TasksFn fn = pick(true);
   cpu::parallel_tasks(n_groups * ctx.n_chunks, cpu::threads_for(n, kMinPerThread),
                       [&](int64_t first, int64_t last) { fn(ctx, first, last); });
-  if (kl_rows)
-    for (int64_t b = 0; b < B; ++b) mptr<float>(kl_rows)[b] = cpu::tree_sum_strided(row_part.data() + b, ctx.n_chunks, B);
+  if (kl_rows) {
+    float* rows = mptr<float>(kl_rows);
+    if (ctx.n_chunks == 1) std::copy(row_part.begin(), row_part.end(), rows);  // the sum of one partial is itself
+    else for (int64_t b = 0; b < B; ++b) rows[b] = cpu::tree_sum_strided(row_part.data() + b, ctx.n_chunks, B);
+  }
   if (kl_cols)
     for (int64_t j = 0; j < D; ++j) mptr<float>(kl_cols)[j] = cpu::tree_sum_strided(col_part.data() + j, n_groups, D);
 }
