@@ -86,6 +86,33 @@ def test_torch_compile_rows(compiled_report):
         assert by_backend["torch.compile"]["speedup_vs_compile"] == pytest.approx(1.0)
 
 
+def test_goals_are_checked_on_the_rows(compiled_report):
+    goals = compiled_report["goals"]
+    cpu = {r["variant"]: r for r in compiled_report["rows"] if r["backend"] == "cpu"}
+    if not cpu:
+        pytest.skip("the cpu backend is not built")
+    by_goal = {(g["case"], g["goal"]): g for g in goals}
+    g = by_goal[("gradient_penalty norm penalty fwd+bwd", ">= 1.3x torch.compile")]
+    assert g["value"] == cpu["norm penalty fwd+bwd"]["speedup_vs_compile"] and g["met"] == (g["value"] >= 1.3)
+    g = by_goal[("gradient_penalty interpolate", ">= 1x eager")]
+    assert g["value"] == cpu["interpolate"]["speedup_vs_eager"]
+    assert not any("bandwidth" in g["goal"] for g in goals)  # no out-of-cache shape in --size small
+
+
+def test_goal_thresholds():
+    def row(backend, variant, **kw):
+        return {"op": "op", "variant": variant, "shape": "s", "backend": backend, **kw}
+
+    rows = [row("cpu", "noisy", speedup_vs_compile=2.9, speedup_vs_eager=5, pct_of_copy_bw=81, draws_noise=True),
+            row("cpu", "plain", speedup_vs_compile=1.31, speedup_vs_eager=5, pct_of_copy_bw=79, draws_noise=False),
+            row("cpu", "interpolate", speedup_vs_compile=None, speedup_vs_eager=0.99, pct_of_copy_bw=90),
+            row("eager", "plain", speedup_vs_compile=0.5, speedup_vs_eager=1, pct_of_copy_bw=10)]
+    got = {(g["case"], g["goal"]): g["met"] for g in bench.cpu_goals(rows, {"s"})}
+    assert got == {("op noisy", ">= 3x torch.compile"): False, ("op noisy", ">= 80% of copy bandwidth"): True,
+                   ("op plain", ">= 1.3x torch.compile"): True, ("op plain", ">= 80% of copy bandwidth"): False,
+                   ("op interpolate", ">= 1x eager"): False, ("op interpolate", ">= 80% of copy bandwidth"): True}
+
+
 def test_interleaving_rotates_the_order():
     calls = []
     candidates = {name: (lambda name=name: calls.append(name)) for name in "abc"}

@@ -385,6 +385,7 @@ class OpRow(Row):
     compile_us: float = float("nan")
     samples: list = field(default_factory=list)  # µs per call, one per repetition
     copy_us: float = float("nan")
+    draws_noise: bool = False
 
     @property
     def speedup(self) -> float:
@@ -411,7 +412,7 @@ class OpRow(Row):
                 "spread_pct": self.spread_pct, "samples_us": self.samples, "bytes": self.bytes_moved,
                 "GB/s": self.gbs, "copy_us": self.copy_us, "copy_gbs": self.copy_gbs,
                 "pct_of_copy_bw": self.pct_copy, "speedup_vs_eager": self.speedup,
-                "speedup_vs_compile": num(self.speedup_vs_compile)}
+                "speedup_vs_compile": num(self.speedup_vs_compile), "draws_noise": self.draws_noise}
 
 
 def genfast_backends(device: torch.device) -> list[str]:
@@ -507,8 +508,34 @@ def case_rows(case: Case, device: torch.device, dtype: torch.dtype, shape, reps:
     med = {name: statistics.median(v) for name, v in samples.items()}
     label, dt = "x".join(map(str, shape)), str(dtype).split(".")[-1]
     return [OpRow(f"{case.op} {case.variant}", label, dt, med[name], case.nbytes, copy_gbs, "", case.op, case.variant,
-                  name, med["eager"], med.get("torch.compile", float("nan")), v, copy_us)
+                  name, med["eager"], med.get("torch.compile", float("nan")), v, copy_us, case.draws_noise)
             for name, v in samples.items()]
+
+
+def cpu_goals(rows: list[dict], out_of_cache_shapes: set[str]) -> list[dict]:
+    """Issue 13's goals for the cpu backend, checked on a report's rows: at least 1.3x torch.compile on every
+    case and shape (3x where noise is drawn), `interpolate` at least eager's speed, and at the out-of-cache
+    shape at least 80% of the copy bandwidth measured at the case's footprint."""
+    goals = []
+    by_case: dict[tuple, dict[str, dict]] = {}
+    for r in rows:
+        by_case.setdefault((r["op"], r["variant"], r["shape"]), {})[r["backend"]] = r
+    for (op, variant, shape), backends in by_case.items():
+        cpu = backends.get("cpu")
+        if cpu is None:
+            continue
+        case = f"{op} {variant}"
+        if cpu.get("speedup_vs_compile") is not None:
+            want = 3.0 if cpu.get("draws_noise") else 1.3
+            goals.append({"case": case, "shape": shape, "goal": f">= {want:g}x torch.compile",
+                          "value": cpu["speedup_vs_compile"], "met": cpu["speedup_vs_compile"] >= want})
+        if variant == "interpolate":
+            goals.append({"case": case, "shape": shape, "goal": ">= 1x eager", "value": cpu["speedup_vs_eager"],
+                          "met": cpu["speedup_vs_eager"] >= 1.0})
+        if shape in out_of_cache_shapes:
+            goals.append({"case": case, "shape": shape, "goal": ">= 80% of copy bandwidth",
+                          "value": cpu["pct_of_copy_bw"], "met": cpu["pct_of_copy_bw"] >= 80.0})
+    return goals
 
 
 def _num(x: float) -> str:
@@ -620,6 +647,9 @@ def run(args) -> int:
     if device.type == "cpu" and hasattr(os, "getloadavg"):
         machine["load_average_after"] = list(os.getloadavg())
     report = {"machine": machine, "reps": reps, "rows": [r.as_dict() for r in rows]}
+    if device.type == "cpu":
+        big = {"x".join(map(str, s)) for s in shapes if s == out_of_cache_shape(dtype)}
+        report["goals"] = cpu_goals(report["rows"], big)
     if plot is not None:
         plot_report(report, plot)
     if args.json:
@@ -635,6 +665,12 @@ def run(args) -> int:
         vs_compile = f"{r.speedup_vs_compile:.2f}x" if r.compile_us == r.compile_us else "n/a"
         print(f"| {r.op} | {r.variant} | {r.backend} | {r.shape} | {r.dtype} | {_num(r.us)} | {r.spread_pct:.0f}% | "
               f"{_num(r.gbs)} | {_num(r.pct_copy)}% | {r.speedup:.2f}x | {vs_compile} |")
+    missed = [g for g in report.get("goals", []) if not g["met"]]
+    if report.get("goals"):
+        print(f"\nissue 13 goals for the cpu backend: {len(report['goals']) - len(missed)} of {len(report['goals'])} met"
+              + ("; missed:" if missed else ""))
+        for g in missed:
+            print(f"- {g['case']} at {g['shape']}: {g['value']:.2f}{'%' if '%' in g['goal'] else 'x'}, goal {g['goal']}")
     if device.type == "cpu" and "load_average_after" in machine:
         print(f"\nload average before {machine['load_average'][0]:.2f}, after {machine['load_average_after'][0]:.2f} "
               f"({machine['cpus']} CPUs)")
