@@ -615,7 +615,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="small: a tiny shape for a quick check; default: on a CPU, the cache-resident shape "
                              "(64,3,64,64) and the out-of-cache one; cached / out-of-cache: one of the two")
     parser.add_argument("--reps", type=int, default=None,
-                        help="interleaved repetitions per case (default: 15 on a CPU, 30 on a GPU)")
+                        help="interleaved repetitions per case (default: 15 on a CPU, 30 on a GPU, 5 with --size small)")
     parser.add_argument("--no-compile", dest="compile", action="store_false",
                         help="leave out the torch.compile rows (they compile each case first)")
     parser.add_argument("--json", action="store_true", help="print one JSON object (machine + rows) instead of a table")
@@ -628,7 +628,7 @@ def run(args) -> int:
 
     device = resolve_device(args.device)  # the same --device rules (and errors) as sample/train/compare
     dtype = getattr(torch, args.dtype)
-    reps = args.reps if args.reps is not None else (30 if device.type == "cuda" else 15)
+    reps = args.reps if args.reps is not None else (5 if args.size == "small" else 30 if device.type == "cuda" else 15)
     if reps < 1:
         raise ValueError(f"--reps: must be >= 1, got {reps}")
     plot = check_plot_path(args.plot) if getattr(args, "plot", None) else None
