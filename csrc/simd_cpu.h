@@ -10,6 +10,7 @@
 // are bit-identical across the three levels and to the scalar formulas of kernels/*.cuh.
 #pragma once
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -99,7 +100,13 @@ inline int64_t llc_bytes() {
 // Streaming (non-temporal) stores for outputs of a call whose bytes read and written exceed the
 // last-level cache: the output is evicted before anything reads it again, so skipping the read for
 // ownership saves a third of a copy's traffic. Smaller calls keep their output in cache for the next op.
-inline bool use_streaming_stores(int64_t footprint_bytes) { return footprint_bytes > llc_bytes(); }
+// GENFAST_CPU_STREAMING=0 / 1 turns them off / on whatever the size (tests of both paths, A/B timings); read
+// at each call (a getenv), so a process can switch.
+inline bool use_streaming_stores(int64_t footprint_bytes) {
+  const char* env = std::getenv("GENFAST_CPU_STREAMING");
+  if (env != nullptr && (env[0] == '0' || env[0] == '1') && env[1] == 0) return env[0] == '1';
+  return footprint_bytes > llc_bytes();
+}
 
 inline int max_threads() {
 #if defined(_OPENMP)
@@ -124,27 +131,38 @@ inline void split_range(int64_t n, int parts, int k, int64_t align, int64_t& beg
   end = std::min(n, hi * align);
 }
 
-// fn(begin, end) on contiguous parts of [0, n) (boundaries on multiples of 64 elements, so that every
-// part starts on a cache line and a Philox counter), one per thread: a single part on the calling
-// thread when n < 2 * min_per_thread.
+// Pieces handed out per thread of a parallel call. Threads take pieces in order from a shared counter
+// instead of one fixed share each: on a busy machine a thread that the OS leaves waiting does not hold
+// up the call (the others take its pieces); on an idle one the extra hand-outs cost ~100 ns each.
+constexpr int kPiecesPerThread = 4;
+
+// fn(begin, end) on contiguous pieces of [0, n) (boundaries on multiples of 64 elements, so that every
+// piece starts on a cache line and a Philox counter), on as many threads as threads_for allows: all of
+// [0, n) on the calling thread when n < 2 * min_per_thread. Pieces are disjoint and cover [0, n).
 template <class Fn>
 void parallel_ranges(int64_t n, int64_t min_per_thread, Fn&& fn) {
   const int threads = threads_for(n, min_per_thread);
   if (threads <= 1) {
-    fn(int64_t(0), n);
+    if (n > 0) fn(int64_t(0), n);
     return;
   }
 #if defined(_OPENMP)
+  const int pieces = threads * kPiecesPerThread;
+  std::atomic<int> next{0};
 #pragma omp parallel num_threads(threads)
   {
-    int64_t begin, end;
-    split_range(n, omp_get_num_threads(), omp_get_thread_num(), 64, begin, end);
-    if (begin < end) fn(begin, end);
+    for (int k = next.fetch_add(1, std::memory_order_relaxed); k < pieces;
+         k = next.fetch_add(1, std::memory_order_relaxed)) {
+      int64_t begin, end;
+      split_range(n, pieces, k, 64, begin, end);
+      if (begin < end) fn(begin, end);
+    }
   }
 #endif
 }
 
-// fn(first, last) on contiguous parts of the task indices [0, tasks) on `threads` threads.
+// fn(first, last) on contiguous pieces of the task indices [0, tasks) on up to `threads` threads, handed
+// out as in parallel_ranges.
 template <class Fn>
 void parallel_tasks(int64_t tasks, int threads, Fn&& fn) {
   threads = static_cast<int>(std::min<int64_t>(threads, tasks));
@@ -153,11 +171,16 @@ void parallel_tasks(int64_t tasks, int threads, Fn&& fn) {
     return;
   }
 #if defined(_OPENMP)
+  const int pieces = static_cast<int>(std::min<int64_t>(tasks, threads * kPiecesPerThread));
+  std::atomic<int> next{0};
 #pragma omp parallel num_threads(threads)
   {
-    int64_t first, last;
-    split_range(tasks, omp_get_num_threads(), omp_get_thread_num(), 1, first, last);
-    if (first < last) fn(first, last);
+    for (int k = next.fetch_add(1, std::memory_order_relaxed); k < pieces;
+         k = next.fetch_add(1, std::memory_order_relaxed)) {
+      int64_t first, last;
+      split_range(tasks, pieces, k, 1, first, last);
+      if (first < last) fn(first, last);
+    }
   }
 #endif
 }

@@ -147,9 +147,17 @@ def test_table_mode_and_repeated_op(capsys):
     assert lines[-1].startswith("load average before")
 
 
-def test_bad_reps_is_a_clear_error():
+def test_bad_reps_or_threads_is_a_clear_error():
     with pytest.raises(ValueError, match="--reps"):
         bench.run(parse("--device", "cpu", "--size", "small", "--reps", "0"))
+    with pytest.raises(ValueError, match="--threads"):
+        bench.run(parse("--device", "cpu", "--size", "small", "--threads", "0"))
+
+
+def test_threads_option_applies_to_the_run_only():
+    before = torch.get_num_threads()
+    doc = run_json("--op", "random", "--no-compile", "--threads", "1")
+    assert doc["machine"]["threads"] == 1 and torch.get_num_threads() == before
 
 
 def test_cuda_without_a_gpu_is_a_clear_error():

@@ -236,26 +236,32 @@ def test_vae_backward_without_grad_z_keeps_inf():
 # Instruction sets: AVX-512, AVX2 and baseline x86-64 copies of every kernel give the same bits
 # ---------------------------------------------------------------------------------------------
 _PROBE = r"""
-import json, sys, torch, genfast
+import json, os, sys, torch, genfast
 from genfast.ops import ddim_step, ddpm_step, gradient_norm_penalty, interpolate, rand, randn, reparameterize_kl
-gen = torch.Generator().manual_seed(0)
-out = []
-def add(*ts):
+results = {}
+for streaming in ("auto", "0", "1"):  # streaming stores by size (none here), never, always
+  if streaming == "auto":
+    os.environ.pop("GENFAST_CPU_STREAMING", None)
+  else:
+    os.environ["GENFAST_CPU_STREAMING"] = streaming
+  gen = torch.Generator().manual_seed(0)
+  out = results[streaming] = []
+  def add(*ts):
     out.extend(t.detach().double().flatten().tolist() for t in ts)
-with genfast.use_backend("cpu"):
-    for dt in (torch.float32, torch.float16, torch.bfloat16):
-        x, m, c, z = (torch.randn(3, 5, 7, 9, generator=gen).to(dt) for _ in range(4))
-        add(randn(1037, seed=5, offset=3, dtype=dt), rand(1037, seed=5, dtype=dt))
-        add(*ddim_step(x, (m, c), 0.3, 0.6, eta=0.5, seed=4, guidance_scale=3.0, clip_sample_range=1.0,
-                       return_pred_original=True))
-        add(*ddim_step(x, m, 0.3, 0.6, eta=0.5, noise=z, prediction_type="v_prediction", thresholding=(0.9, 1.2),
-                       use_clipped_model_output=True, return_pred_original=True))
-        add(ddpm_step(x, m, torch.rand(3, generator=gen), 0.7, seed=2, prediction_type="sample"))
-        add(interpolate(x, m, seed=1), gradient_norm_penalty(x))
-        mu, lv = x.reshape(3, -1).clone().requires_grad_(True), m.reshape(3, -1).clone().requires_grad_(True)
-        zz, kl = reparameterize_kl(mu, lv, seed=7, free_bits=0.1, logvar_clamp=(-2.0, 1.0))
-        add(zz, kl, *torch.autograd.grad((zz, kl), (mu, lv), (c.reshape(3, -1), torch.tensor(1.0))))
-json.dump(out, sys.stdout)
+  with genfast.use_backend("cpu"):
+      for dt in (torch.float32, torch.float16, torch.bfloat16):
+          x, m, c, z = (torch.randn(3, 5, 7, 9, generator=gen).to(dt) for _ in range(4))
+          add(randn(1037, seed=5, offset=3, dtype=dt), rand(1037, seed=5, dtype=dt))
+          add(*ddim_step(x, (m, c), 0.3, 0.6, eta=0.5, seed=4, guidance_scale=3.0, clip_sample_range=1.0,
+                         return_pred_original=True))
+          add(*ddim_step(x, m, 0.3, 0.6, eta=0.5, noise=z, prediction_type="v_prediction", thresholding=(0.9, 1.2),
+                         use_clipped_model_output=True, return_pred_original=True))
+          add(ddpm_step(x, m, torch.rand(3, generator=gen), 0.7, seed=2, prediction_type="sample"))
+          add(interpolate(x, m, seed=1), gradient_norm_penalty(x))
+          mu, lv = x.reshape(3, -1).clone().requires_grad_(True), m.reshape(3, -1).clone().requires_grad_(True)
+          zz, kl = reparameterize_kl(mu, lv, seed=7, free_bits=0.1, logvar_clamp=(-2.0, 1.0))
+          add(zz, kl, *torch.autograd.grad((zz, kl), (mu, lv), (c.reshape(3, -1), torch.tensor(1.0))))
+json.dump(results, sys.stdout)
 """
 
 
@@ -266,7 +272,12 @@ def _probe(isa):
     return json.loads(done.stdout)
 
 
-def test_every_instruction_set_gives_the_same_bits():
-    results = {isa: _probe(isa) for isa in ("avx512", "avx2", "base")}  # levels above the CPU's fall back
-    assert results["avx2"] == results["avx512"]
-    assert results["base"] == results["avx512"]
+def test_every_instruction_set_and_store_kind_gives_the_same_bits():
+    """AVX-512, AVX2 and baseline copies of every kernel (levels above the CPU's fall back), each with
+    streaming stores by size, forced off and forced on (they are used for outputs larger than the LLC)."""
+    results = {isa: _probe(isa) for isa in ("avx512", "avx2", "base")}
+    want = results["avx512"]["auto"]
+    assert len(want) > 30
+    for isa, by_store in results.items():
+        for streaming, got in by_store.items():
+            assert got == want, (isa, streaming)

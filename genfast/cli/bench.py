@@ -616,6 +616,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(64,3,64,64) and the out-of-cache one; cached / out-of-cache: one of the two")
     parser.add_argument("--reps", type=int, default=None,
                         help="interleaved repetitions per case (default: 15 on a CPU, 30 on a GPU, 5 with --size small)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for every candidate (torch.set_num_threads; default: torch's setting)")
     parser.add_argument("--no-compile", dest="compile", action="store_false",
                         help="leave out the torch.compile rows (they compile each case first)")
     parser.add_argument("--json", action="store_true", help="print one JSON object (machine + rows) instead of a table")
@@ -631,7 +633,20 @@ def run(args) -> int:
     reps = args.reps if args.reps is not None else (5 if args.size == "small" else 30 if device.type == "cuda" else 15)
     if reps < 1:
         raise ValueError(f"--reps: must be >= 1, got {reps}")
+    threads = getattr(args, "threads", None)
+    if threads is not None and threads < 1:
+        raise ValueError(f"--threads: must be >= 1, got {threads}")
     plot = check_plot_path(args.plot) if getattr(args, "plot", None) else None
+    saved_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _run(args, device, dtype, reps, plot)
+    finally:
+        torch.set_num_threads(saved_threads)
+
+
+def _run(args, device, dtype, reps, plot) -> int:
     with_compile = getattr(args, "compile", True)
     make = InputMaker(dtype, device)
     machine = machine_info(device)
