@@ -583,13 +583,15 @@ def plot_report(report: dict, path) -> None:
     fig, axes = plt.subplots(len(shapes), 2, figsize=(16, 4.5 * len(shapes)), squeeze=False)
     for row_axes, shape in zip(axes, shapes):
         cases = list(dict.fromkeys(f"{r['op']}\n{r['variant']}" for r in rows if r["shape"] == shape))
-        width = 0.8 / max(1, len(backends))
-        for k, backend in enumerate(backends):
+        here = [b for b in backends if any(r["shape"] == shape and r["backend"] == b for r in rows)]
+        width = 0.8 / max(1, len(here))
+        for k, backend in enumerate(here):
             by_case = {f"{r['op']}\n{r['variant']}": r for r in rows if r["shape"] == shape and r["backend"] == backend}
-            xs = [i + (k - (len(backends) - 1) / 2) * width for i, c in enumerate(cases) if c in by_case]
+            xs = [i + (k - (len(here) - 1) / 2) * width for i, c in enumerate(cases) if c in by_case]
             got = [by_case[c] for c in cases if c in by_case]
-            row_axes[0].bar(xs, [r["us"] for r in got], width, label=backend)
-            row_axes[1].bar(xs, [r["pct_of_copy_bw"] for r in got], width, label=backend)
+            color = f"C{backends.index(backend)}"  # one color per backend in every panel
+            row_axes[0].bar(xs, [r["us"] for r in got], width, label=backend, color=color)
+            row_axes[1].bar(xs, [r["pct_of_copy_bw"] for r in got], width, label=backend, color=color)
         for ax, ylabel in zip(row_axes, ("µs per call (median)", "% of copy bandwidth at the same footprint")):
             ax.set_xticks(range(len(cases)))
             ax.set_xticklabels(cases, fontsize=7, rotation=30, ha="right")
