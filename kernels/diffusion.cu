@@ -30,7 +30,7 @@ __device__ __forceinline__ void load_group(const T* __restrict__ ptr, int64_t i,
     alignas(16) T buf[kG];
 #pragma unroll
     for (int k = 0; k < kG * (int)sizeof(T) / 16; ++k)
-      reinterpret_cast<uint4*>(buf)[k] = __ldg(reinterpret_cast<const uint4*>(ptr + i) + k);
+      reinterpret_cast<uint4*>(buf)[k] = load_global16(reinterpret_cast<const uint4*>(ptr + i) + k);
 #pragma unroll
     for (int k = 0; k < kG; ++k) dst[k] = to_f32<T>(buf[k]);
   } else {
@@ -46,7 +46,8 @@ __device__ __forceinline__ void store_group(T* __restrict__ ptr, int64_t i, int6
 #pragma unroll
     for (int k = 0; k < kG; ++k) buf[k] = from_f32<T>(src[k]);
 #pragma unroll
-    for (int k = 0; k < kG * (int)sizeof(T) / 16; ++k) reinterpret_cast<uint4*>(ptr + i)[k] = reinterpret_cast<const uint4*>(buf)[k];
+    for (int k = 0; k < kG * (int)sizeof(T) / 16; ++k)
+      store_global16(reinterpret_cast<uint4*>(ptr + i) + k, reinterpret_cast<const uint4*>(buf)[k]);
   } else {
 #pragma unroll
     for (int k = 0; k < kG; ++k)
@@ -171,7 +172,7 @@ void launch(const StepParams& p, cudaStream_t stream, int device) {
   const bool learned = p.kind == kDDPM && (p.variance_type == kLearned || p.variance_type == kLearnedRange);
   const bool aligned = a16(p.sample) && a16(p.out) && a16(p.out_x0) && (learned || a16(p.model)) &&
                        (learned || !p.guidance || a16(p.cond)) && !p.mode_abs_x0;
-  diffusion_step_kernel<T, kCPR><<<grid_for(groups, kThreads, device), kThreads, 0, stream>>>(p, aligned);
+  GF_LAUNCH_KERNEL((diffusion_step_kernel<T, kCPR>), grid_for(groups, kThreads, device), kThreads, 0, stream)(p, aligned);
   check_launch("diffusion_step_kernel");
 }
 

@@ -73,7 +73,7 @@ template <typename T, int G>
 __device__ __forceinline__ void load_g(float (&out)[G], const T* p, int n, bool vec) {
   if (vec) {
     alignas(16) T tmp[G];
-    *reinterpret_cast<uint4*>(tmp) = __ldg(reinterpret_cast<const uint4*>(p));
+    *reinterpret_cast<uint4*>(tmp) = load_global16(p);
 #pragma unroll
     for (int k = 0; k < G; ++k) out[k] = to_f32<T>(tmp[k]);
   } else {
@@ -88,7 +88,7 @@ __device__ __forceinline__ void store_g(T* p, const float (&v)[G], int n, bool v
     alignas(16) T tmp[G];
 #pragma unroll
     for (int k = 0; k < G; ++k) tmp[k] = from_f32<T>(v[k]);
-    *reinterpret_cast<uint4*>(p) = *reinterpret_cast<const uint4*>(tmp);
+    store_global16(p, *reinterpret_cast<const uint4*>(tmp));
   } else {
 #pragma unroll
     for (int k = 0; k < G; ++k) if (k < n) p[k] = from_f32<T>(v[k]);
@@ -237,7 +237,7 @@ void vae_forward_cuda(uintptr_t mu, uintptr_t logvar, uintptr_t noise, uintptr_t
   float* cp = col_sums ? reinterpret_cast<float*>(col_part) : nullptr;
   switch (dtype) {
 #define GF_LAUNCH(T, G)                                                                                          \
-  vae_forward_kernel<T, G><<<grid, kThreads, 0, s>>>(                                                              \
+  GF_LAUNCH_KERNEL((vae_forward_kernel<T, G>), grid, kThreads, 0, s)(                                             \
       reinterpret_cast<const T*>(mu), reinterpret_cast<const T*>(logvar), reinterpret_cast<const T*>(noise),       \
       reinterpret_cast<T*>(z), reinterpret_cast<float*>(row_part), cp, B, D, geo.tpr, geo.rows_per_group, rng.seed, \
       rng.offset, sp, op, c, vec)
@@ -269,7 +269,7 @@ void vae_backward_cuda(uintptr_t grad_z, uintptr_t grad_rows, uintptr_t grad_col
   auto op = reinterpret_cast<const int64_t*>(rng.offset_ptr);
   switch (dtype) {
 #define GF_LAUNCH(T, G)                                                                                             \
-  vae_backward_kernel<T, G><<<grid, kThreads, 0, s>>>(                                                              \
+  GF_LAUNCH_KERNEL((vae_backward_kernel<T, G>), grid, kThreads, 0, s)(                                             \
       reinterpret_cast<const T*>(grad_z), reinterpret_cast<const float*>(grad_rows),                                \
       reinterpret_cast<const float*>(grad_cols), reinterpret_cast<const T*>(mu), reinterpret_cast<const T*>(logvar), \
       reinterpret_cast<const T*>(noise), reinterpret_cast<T*>(grad_mu), reinterpret_cast<T*>(grad_logvar), B, D,    \
