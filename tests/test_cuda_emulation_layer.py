@@ -11,6 +11,7 @@ shuffled block orders. The layer's own checks are tested with small kernels plan
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
@@ -75,6 +76,8 @@ def test_module_contract():
                  "launch_counts", "reset_launch_counts", "set_block_order_seed"):
         assert callable(getattr(E, name)), name
     assert issubclass(E.KernelFault, RuntimeError)
+    if os.environ.get("GENFAST_EXPECT_SANITIZERS") == "1":  # tools/emulation_sanitizers.py
+        assert E.with_sanitizers and not E.with_race_check, E.__file__
 
 
 def test_indices_of_a_3d_launch():

@@ -40,9 +40,12 @@ target_compile_options(${_gf_emu_target} PRIVATE -O2 -Wall -Wno-unknown-pragmas)
 # arrays of T, as CUDA code does and nvcc allows).
 set(_gf_emu_kernel_flags -include ${_gf_emu_dir}/cuda_emulation.h -fno-strict-aliasing)
 if(GENFAST_EMULATION_SANITIZERS)
+  # Only the kernels and the layer are instrumented (the bindings and CPU kernels are not under test here);
+  # -O1 -g: ASan's recommendation, with line numbers in its reports.
   target_compile_definitions(${_gf_emu_target} PRIVATE GENFAST_EMULATION_SANITIZERS=1)
-  target_compile_options(${_gf_emu_target} PRIVATE -fsanitize=address,undefined -fno-sanitize-recover=all
-                         -fno-omit-frame-pointer)
+  list(APPEND _gf_emu_kernel_flags -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer)
+  set_source_files_properties(${_gf_emu_dir}/emulator.cpp PROPERTIES COMPILE_FLAGS
+                              "-O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer")
   target_link_options(${_gf_emu_target} PRIVATE -fsanitize=address,undefined)
 else()
   # The race check: ThreadSanitizer's compile-time instrumentation of the kernels, whose hooks the layer

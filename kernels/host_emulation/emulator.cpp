@@ -423,11 +423,6 @@ int shuffle_source(int kind, int lane, int param, int width) {
   }
 }
 
-const char* kind_name(int kind) {
-  static const char* names[] = {"__shfl_sync", "__shfl_up_sync", "__shfl_down_sync", "__shfl_xor_sync",
-                                "__ballot_sync", "__any_sync", "__all_sync", "__syncwarp"};
-  return kind >= 0 && kind < 8 ? names[kind] : "warp collective";
-}
 constexpr int kSyncwarp = 7;
 
 uint64_t collective(int kind, unsigned mask, uint64_t value, int param, int width, const char* what, const char* file,
@@ -574,6 +569,8 @@ void shared_access(uintptr_t a, size_t n, bool write) {
 }  // namespace
 }  // namespace gf_emu
 
+// Only the race-checked build instruments the kernels (the ASan build has GCC's own declarations).
+#ifdef GENFAST_EMULATION_RACE_CHECK
 #define GF_EMU_HOOKS(N)                                                                                  \
   extern "C" void __tsan_read##N(void* p) { gf_emu::shared_access(reinterpret_cast<uintptr_t>(p), N, false); } \
   extern "C" void __tsan_write##N(void* p) { gf_emu::shared_access(reinterpret_cast<uintptr_t>(p), N, true); } \
@@ -589,15 +586,16 @@ GF_EMU_HOOKS(16)
 #undef GF_EMU_HOOKS
 extern "C" void __tsan_init() {}
 extern "C" void __tsan_func_entry(void*) {}
-extern "C" void __tsan_func_exit() {}
-extern "C" void __tsan_read_range(void* p, unsigned long n) {
-  gf_emu::shared_access(reinterpret_cast<uintptr_t>(p), n, false);
+extern "C" void __tsan_func_exit(void*) {}
+extern "C" void __tsan_read_range(void* p, long n) {
+  gf_emu::shared_access(reinterpret_cast<uintptr_t>(p), static_cast<size_t>(n), false);
 }
-extern "C" void __tsan_write_range(void* p, unsigned long n) {
-  gf_emu::shared_access(reinterpret_cast<uintptr_t>(p), n, true);
+extern "C" void __tsan_write_range(void* p, long n) {
+  gf_emu::shared_access(reinterpret_cast<uintptr_t>(p), static_cast<size_t>(n), true);
 }
-extern "C" void __tsan_vptr_update(void**, void*) {}
-extern "C" void __tsan_vptr_read(void**) {}
+extern "C" void __tsan_vptr_update(void*, void*) {}
+extern "C" void __tsan_vptr_read(void*) {}
+#endif  // GENFAST_EMULATION_RACE_CHECK
 
 // ---------------------------------------------------------------------------------------------------
 // Fiber entry
