@@ -32,13 +32,21 @@ HALF_TYPES = (torch.float16, torch.bfloat16)
 U64 = (1 << 64) - 1
 
 
+_GUARD = 16  # elements of guard band after every buffer a kernel gets (memcheck without ASan)
+_SENTINEL = -12345.0  # exact in every dtype
+_guarded: list = []
+
+
 def _buffer(n, dtype, misaligned=False, fill=None):
-    """A flat tensor of n elements; misaligned: its data pointer is 1 element past a 16-byte boundary."""
-    base = torch.empty(n + 1, dtype=dtype)
-    t = base[1:] if misaligned else base[:n]
+    """A flat tensor of n elements; misaligned: its data pointer is 1 element past a 16-byte boundary.
+    Guard bands before and after hold a sentinel; every test checks them afterwards (out-of-bounds writes)."""
+    base = torch.full((n + 2 * _GUARD,), _SENTINEL, dtype=dtype)
+    start = _GUARD + (1 if misaligned else 0)
+    t = base[start:start + n]
     if fill is not None:
         t.copy_(fill.reshape(-1)[:n].to(dtype))
     assert (t.data_ptr() % 16 != 0) == misaligned
+    _guarded.append((base, start, n))
     return t
 
 
@@ -60,8 +68,14 @@ def _reference(fn, *args, **kwargs):
 def _in_order():
     E.set_block_order_seed(0)
     E.reset_launch_counts()
+    _guarded.clear()
     yield
     E.set_block_order_seed(0)
+    for base, start, n in _guarded:
+        head, tail = base[:start], base[start + n:]
+        assert bool((head == _SENTINEL).all()) and bool((tail == _SENTINEL).all()), \
+            f"a kernel wrote outside its {n}-element buffer (guard band overwritten)"
+    _guarded.clear()
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -243,6 +257,7 @@ VTYPES = {"fixed_small": 0, "fixed_small_log": 1, "fixed_large": 2, "fixed_large
 # (inner not a multiple of the 4/8-element group), a grid-stride pass boundary, misaligned storage.
 STEP_CASES = [
     ("ddim", torch.float32, (3, 5, 7), dict()),
+    ("ddim", torch.float32, (2, 4, 9, 9), dict(eta=0.2, misaligned=True, guidance=True)),
     ("ddim", torch.float16, (2, 3, 11, 13), dict(eta=0.7, misaligned=True)),
     ("ddim", torch.bfloat16, (5, 3, 9), dict(eta=1.0, per_sample=True, guidance=True, clip=1.5)),
     ("ddim", torch.float32, (4, 3, 5, 5), dict(eta=0.3, threshold=(0.9, 2.5), use_clipped=True, ptype="sample")),
@@ -257,6 +272,9 @@ STEP_CASES = [
     ("ddpm", torch.bfloat16, (3, 2, 11), dict(vtype="learned_range", ptype="sample", misaligned=True)),
     ("ddpm", torch.float32, (4, 37), dict(vtype="fixed_small", per_sample=True, last_step=True, add_noise=None)),
     ("ddpm", torch.float16, (5, 1, 13), dict(vtype="fixed_small", add_noise=False)),
+    ("ddpm", torch.float16, (3, 2, 4, 4), dict(vtype="learned_range", guidance=True, per_sample=True)),  # 16B rows
+    ("ddpm", torch.float32, (2, 2, 16, 32), dict(vtype="learned", noise_tensor=True)),  # vector rows, > 1 pass
+    ("ddim", torch.float16, (9, 3), dict(per_sample=True, threshold=(0.7, 2.0), eta=0.6)),  # 3 samples per group
 ]
 
 

@@ -35,7 +35,7 @@ target_include_directories(${_gf_emu_target} PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}
                            ${_gf_emu_fp16_dir})
 target_compile_definitions(${_gf_emu_target} PRIVATE GENFAST_WITH_CUDA=1 GENFAST_CUDA_EMULATION=1
                            GENFAST_MODULE_NAME=${GENFAST_EMULATED_MODULE_NAME})
-target_compile_options(${_gf_emu_target} PRIVATE -O2 -Wall -Wno-unknown-pragmas)
+target_compile_options(${_gf_emu_target} PRIVATE -Wall -Wno-unknown-pragmas)
 # The kernels: the layer's header first; no strict aliasing (the kernels reinterpret 16-byte vectors as
 # arrays of T, as CUDA code does and nvcc allows).
 set(_gf_emu_kernel_flags -include ${_gf_emu_dir}/cuda_emulation.h -fno-strict-aliasing)
