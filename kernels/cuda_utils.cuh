@@ -54,14 +54,17 @@ inline void check_launch(const char* kernel) { cuda_check(cudaGetLastError(), ke
 #endif
 
 // 16-byte global accesses. The pointer must be 16-byte aligned (a misaligned vector access faults on a
-// GPU); the emulation layer checks it on every call. Read-only loads go through the non-coherent cache.
+// GPU); the emulation layer checks it on every call. Both go through intrinsics (ld.global.nc.v4,
+// st.global.cg.v4) rather than plain dereferences: the optimizer may split a plain 16-byte store into
+// four when a scalar tail path next to it stores the same addresses (it did, in the gradient-penalty
+// kernels); an intrinsic stays one 128-bit access. .cg caches the store in L2 only, as a plain store does.
 __device__ __forceinline__ uint4 load_global16(const void* p) {
   GF_CHECK_VECTOR_ACCESS(p, "load");
   return __ldg(reinterpret_cast<const uint4*>(p));
 }
 __device__ __forceinline__ void store_global16(void* p, uint4 v) {
   GF_CHECK_VECTOR_ACCESS(p, "store");
-  *reinterpret_cast<uint4*>(p) = v;
+  __stcg(reinterpret_cast<uint4*>(p), v);
 }
 
 // fp32 <-> storage type conversions of the CUDA kernels (round to nearest even, like torch's .to()).

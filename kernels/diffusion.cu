@@ -185,7 +185,9 @@ __global__ void __launch_bounds__(256) diffusion_step_kernel(const StepParams p,
     if (!crosses) {
       if (p.mode_abs_x0) {
         float* out = reinterpret_cast<float*>(p.out);
-        for (int k = 0; k < n_valid; ++k) out[i0 + k] = fabsf(step_x0<ReciprocalMultiply>(p.prediction_type, cur.c, x[k], m[k]));
+#pragma unroll
+        for (int k = 0; k < kG; ++k)  // unrolled over kG (not n_valid): x[] and m[] stay in registers
+          if (k < n_valid) out[i0 + k] = fabsf(step_x0<ReciprocalMultiply>(p.prediction_type, cur.c, x[k], m[k]));
       } else {
 #pragma unroll
         for (int k = 0; k < kG; ++k)
@@ -195,7 +197,9 @@ __global__ void __launch_bounds__(256) diffusion_step_kernel(const StepParams p,
     } else {  // rare: walk the elements, switching coefficients at each sample boundary
       SampleCoeffs sc = cur;
       int64_t rr = r, bb = b;
-      for (int k = 0; k < n_valid; ++k) {
+#pragma unroll
+      for (int k = 0; k < kG; ++k) {
+        if (k >= n_valid) break;
         if (rr == inner) {
           rr = 0;
           ++bb;

@@ -40,10 +40,10 @@ template <typename T>
 __device__ __forceinline__ void store_pack(T* p, int64_t j, int64_t row, bool vec, const float (&x)[Pack<T>::N]) {
   constexpr int N = Pack<T>::N;
   if (vec && j + N <= row) {
-    Pack<T> pk;
+    alignas(16) T buf[N];
 #pragma unroll
-    for (int k = 0; k < N; ++k) pk.v[k] = from_f32<T>(x[k]);
-    store_global16(p + j, *reinterpret_cast<const uint4*>(&pk));
+    for (int k = 0; k < N; ++k) buf[k] = from_f32<T>(x[k]);
+    store_global16(p + j, *reinterpret_cast<const uint4*>(buf));
   } else {
     for (int k = 0; k < N && j + k < row; ++k) p[j + k] = from_f32<T>(x[k]);
   }

@@ -57,14 +57,21 @@ __device__ __forceinline__ void draw(float (&eps)[G], int64_t i, uint64_t seed, 
       eps[4 * c] = v.x; eps[4 * c + 1] = v.y; eps[4 * c + 2] = v.z; eps[4 * c + 3] = v.w;
     }
   } else {
-    int64_t q = -1;
-    F32x4 v{0.f, 0.f, 0.f, 0.f};
+    // The range starts r0 = i % 4 words into counter i / 4 and spans G / 4 + 1 counters: draw them all,
+    // then shift the G + 4 values left by r0 in two selects per value (a shift by r0 & 1, then r0 & 2),
+    // so every index stays static: registers, no local memory, one copy of the Philox code per counter.
+    const int r0 = static_cast<int>(i & 3);
+    float flat[G + 4];
 #pragma unroll
-    for (int k = 0; k < G; ++k) {
-      const int64_t e = i + k;
-      if (e / 4 != q) { q = e / 4; v = normal4(philox_block(seed, offset, static_cast<uint64_t>(q))); }
-      eps[k] = component(v, static_cast<int>(e % 4));
+    for (int c = 0; c < G / 4 + 1; ++c) {
+      const F32x4 v = normal4(philox_block(seed, offset, static_cast<uint64_t>(i / 4 + c)));
+      flat[4 * c] = v.x; flat[4 * c + 1] = v.y; flat[4 * c + 2] = v.z; flat[4 * c + 3] = v.w;
     }
+    float half_shifted[G + 2];
+#pragma unroll
+    for (int k = 0; k < G + 2; ++k) half_shifted[k] = (r0 & 1) ? flat[k + 1] : flat[k];
+#pragma unroll
+    for (int k = 0; k < G; ++k) eps[k] = (r0 & 2) ? half_shifted[k + 2] : half_shifted[k];
   }
 }
 

@@ -180,6 +180,14 @@ template <typename T>
 inline T __ldg(const T* p) {
   return *p;
 }
+template <typename T>
+inline void __stcg(T* p, T v) {
+  *p = v;
+}
+template <typename T>
+inline void __stcs(T* p, T v) {
+  *p = v;
+}
 
 template <typename A, typename B>
 inline std::common_type_t<A, B> min(A a, B b) {
