@@ -231,6 +231,38 @@ def analyse(archs: list[str], sass_dir: Path | None = None, kernels_dir: Path = 
     return results
 
 
+def probes(arch: str = "sm_90") -> dict[str, tuple[int, int]]:
+    """SASS instructions and MUFU of each probe kernel (tools/codegen_probes.cu) beyond probe_copy's."""
+    t = tools()
+    env = dict(os.environ)
+    env["NVDISASM_PATH"] = str(Path(t["nvdisasm"]).parent)
+    with tempfile.TemporaryDirectory(prefix="genfast-probes-") as tmp:
+        src = Path(__file__).resolve().parent / "codegen_probes.cu"
+        cubin = Path(tmp) / "probes.cubin"
+        cmd = [t["nvcc"], "-cubin", f"-arch={arch}", "-O3", "-std=c++17", f"-I{KERNELS}", f"-I{ROOT / 'csrc'}",
+               "-DGENFAST_WITH_CUDA=1", "-o", str(cubin), str(src)]
+        subprocess.run(cmd, check=True, capture_output=True)
+        sass = subprocess.run([t["cuobjdump"], "-sass", str(cubin)], capture_output=True, text=True, env=env,
+                              check=True).stdout
+    counts: dict[str, list[int]] = {}
+    name = None
+    for line in sass.splitlines():
+        m = re.search(r"Function : (\S+)", line)
+        if m:
+            name = m.group(1)
+            counts[name] = [0, 0]
+            continue
+        m = INSTR.match(line)
+        if m and name:
+            op = re.sub(r"^@!?U?P\w+\s+", "", m.group(1))
+            if op.startswith("NOP") or re.match(r"BRA 0x[0-9a-f]+$", op) and False:
+                continue
+            counts[name][0] += 1
+            counts[name][1] += bool(MUFU.search(op))
+    base = counts.pop("probe_copy")
+    return {k: (v[0] - base[0], v[1] - base[1]) for k, v in sorted(counts.items())}
+
+
 def markdown(results: list[Kernel]) -> str:
     head = ("| arch | kernel | regs | spill st/ld B | stack B | smem B | LDG.128 | STG.128 | LDG/STG narrower | "
             "LDL/STL | MUFU | SASS instr | gate |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
@@ -249,9 +281,16 @@ def main() -> int:
     parser.add_argument("--markdown", type=Path, help="write the table here (default: print it)")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON")
     parser.add_argument("--sass-dir", type=Path, help="keep the SASS listings here")
+    parser.add_argument("--probes", action="store_true",
+                        help="print the building-block instruction counts of tools/codegen_probes.cu and exit")
     parser.add_argument("--kernels", type=Path, default=KERNELS,
                         help="kernels/ folder of a checkout (its csrc/ beside it); default: this one")
     ns = parser.parse_args()
+    if ns.probes:
+        for arch in ns.arch:
+            for k, (n, mufu) in probes(arch).items():
+                print(f"{arch} {k}: {n} instructions beyond a copy, {mufu} MUFU")
+        return 0
     try:
         results = analyse(ns.arch, ns.sass_dir, ns.kernels.resolve())
     except FileNotFoundError as exc:
