@@ -27,15 +27,13 @@ def _median_time(fn, reps=7):
 
 def _measure(name, run, elements, cpu=None):
     run()  # warm-up: fiber stacks mapped, shadow allocated
-    before = E.emulation_stats()
-    t = _median_time(run)
-    after = E.emulation_stats()
-    calls = 8  # _median_time reps + 1 measured above? keep the counts per call exact:
     runs = 7
+    before = E.emulation_stats()
+    t = _median_time(run, runs)
+    after = E.emulation_stats()
     resumes = (after["fiber_resumes"] - before["fiber_resumes"]) / runs
     blocks = (after["blocks"] - before["blocks"]) / runs
     barriers = (after["barriers"] - before["barriers"]) / runs
-    del calls
     t_cpu = _median_time(cpu) if cpu else float("nan")
     return (f"| {name} | {elements} | {blocks:.0f} | {resumes:.0f} | {barriers:.0f} | {t * 1e3:.2f} | "
             f"{t * 1e6 / resumes:.2f} | {t * 1e9 / elements:.0f} | {t_cpu * 1e3:.3f} |")
@@ -46,7 +44,7 @@ def main():
     rows = []
     for n in (4096, 1 << 16):
         out = torch.empty(n)
-        rows.append(_measure(f"random_fill (normal, fp32)", lambda: E.random_fill_cuda(out.data_ptr(), n, 0, 1, 2, 0, 0,
+        rows.append(_measure("random_fill (normal, fp32)", lambda: E.random_fill_cuda(out.data_ptr(), n, 0, 1, 2, 0, 0,
                              True, 0, 0), n, lambda: E.random_fill_cpu(out.data_ptr(), n, 0, 1, 2, 0, 0, True)))
     x = torch.randn(3 * 200)
     o = torch.zeros(3)
