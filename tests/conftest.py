@@ -22,6 +22,7 @@ BACKEND_DEVICE_PAIRS = [
     ("reference", "cuda"),
     ("triton", "cuda"),
     ("cuda", "cuda"),
+    ("cuda-emulated", "cpu"),  # the CUDA kernels through the host execution layer (kernels/host_emulation)
 ]
 
 
