@@ -300,6 +300,10 @@ def _threshold_bounds(a: StepArgs):
     weight = pos - lo_k
     lo = torch.kthvalue(absx0, lo_k + 1, dim=1).values
     hi = torch.kthvalue(absx0, hi_k + 1, dim=1).values if hi_k != lo_k else lo
+    # torch.quantile (the reference, diffusers) gives NaN for a row holding a NaN, so the whole sample turns
+    # NaN; kthvalue sorts NaN last and could pick finite values. A sum of |x0| is NaN exactly then.
+    has_nan = torch.isnan(absx0.sum(dim=1))
+    lo = torch.where(has_nan, torch.full_like(lo, float("nan")), lo)
     return lo.contiguous(), hi.contiguous(), weight
 
 
