@@ -13,7 +13,12 @@
 namespace genfast {
 
 inline void cuda_check(cudaError_t err, const char* what) {
-  if (err != cudaSuccess) throw std::runtime_error(std::string("genfast CUDA error in ") + what + ": " + cudaGetErrorString(err));
+  if (err != cudaSuccess) {
+    // A failed runtime call also becomes the thread's last error: clear it, or the next launch's
+    // check_launch would report this failure again (found by the emulated tests).
+    cudaGetLastError();
+    throw std::runtime_error(std::string("genfast CUDA error in ") + what + ": " + cudaGetErrorString(err));
+  }
 }
 
 // Makes `device` current for this thread while a launcher runs.

@@ -546,3 +546,6 @@ def test_bad_arguments_raise_before_launching():
     with pytest.raises(RuntimeError, match="cudaSetDevice"):  # the emulation has one device
         E.random_fill_cuda(x.data_ptr(), 4, 0, 0, 0, 0, 0, False, 0, 1)
     assert E.launch_counts() == {}
+    # the failed cudaSetDevice is not reported again by the next launch (CUDA's last-error semantics)
+    E.random_fill_cuda(x.data_ptr(), 4, 0, 1, 0, 0, 0, False, 0, 0)
+    assert E.launch_counts() == {"random_fill_kernel": 1}

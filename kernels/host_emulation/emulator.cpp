@@ -595,6 +595,21 @@ extern "C" void __tsan_write_range(void* p, long n) {
 }
 extern "C" void __tsan_vptr_update(void*, void*) {}
 extern "C" void __tsan_vptr_read(void*) {}
+// Clang's instrumentation turns memcpy/memset/memmove into these (GCC's does not).
+extern "C" void* __tsan_memcpy(void* d, const void* s, size_t n) {
+  gf_emu::shared_access(reinterpret_cast<uintptr_t>(s), n, false);
+  gf_emu::shared_access(reinterpret_cast<uintptr_t>(d), n, true);
+  return memcpy(d, s, n);
+}
+extern "C" void* __tsan_memmove(void* d, const void* s, size_t n) {
+  gf_emu::shared_access(reinterpret_cast<uintptr_t>(s), n, false);
+  gf_emu::shared_access(reinterpret_cast<uintptr_t>(d), n, true);
+  return memmove(d, s, n);
+}
+extern "C" void* __tsan_memset(void* d, int c, size_t n) {
+  gf_emu::shared_access(reinterpret_cast<uintptr_t>(d), n, true);
+  return memset(d, c, n);
+}
 #endif  // GENFAST_EMULATION_RACE_CHECK
 
 // ---------------------------------------------------------------------------------------------------
