@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import math
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -161,6 +163,22 @@ def test_misaligned_vector_access_is_reported():
     assert torch.equal(out[:32], x[:32])
     with pytest.raises(E.KernelFault, match=r"misaligned 16-byte vector load at 0x[0-9a-f]+ \(address % 16 = 4\)"):
         E._selftest("vector_copy", x.data_ptr(), out.data_ptr(), 1)
+
+
+def test_out_of_bounds_read_is_reported_by_asan():
+    """In the sanitizer build (tools/emulation_sanitizers.py), a kernel reading one element past a tensor
+    is an AddressSanitizer report; run in a child process, which the report ends."""
+    x, out = torch.randn(33), torch.zeros(33)
+    E._selftest("copy", x.data_ptr(), out.data_ptr(), 33)  # in bounds: a plain copy
+    assert torch.equal(out, x)
+    if not E.with_sanitizers:
+        pytest.skip("bounds are checked by the AddressSanitizer build (tools/emulation_sanitizers.py)")
+    code = ("import torch; from genfast import _C_emulated as E; x = torch.randn(32); out = torch.zeros(64); "
+            "E._selftest('copy', x.data_ptr(), out.data_ptr(), 33)")
+    env = dict(os.environ, ASAN_OPTIONS="detect_leaks=0")  # the report on stderr, not in the run's log file
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "heap-buffer-overflow" in proc.stderr and "copy_kernel" in proc.stderr, proc.stderr[-2000:]
 
 
 def test_invalid_launch_configuration_is_a_cuda_error():

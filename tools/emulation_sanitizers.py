@@ -10,7 +10,8 @@ Builds the variant (CMake, GENFAST_EMULATION_ONLY + GENFAST_EMULATION_SANITIZERS
 the genfast package, then runs pytest in a subprocess whose PYTHONPATH puts the overlay first and whose
 LD_PRELOAD loads the ASan runtime before Python (ASan must come first in the process). The race check is
 absent from this build (ThreadSanitizer's instrumentation and ASan exclude each other); the plain
-emulated module has it. Default tests: tests/test_cuda_emulation_layer.py.
+emulated module has it. Default tests: tests/test_cuda_emulation_layer.py and the cuda-emulated cases of
+the op tests.
 """
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# The op tests, run on their cuda-emulated cases (the backend the conftest parametrizes them with).
+OP_TESTS = ("test_random.py", "test_diffusion_ops.py", "test_gradient_penalty.py", "test_vae.py", "test_ops_direct.py")
 
 
 def _cmake() -> str:
@@ -78,14 +81,17 @@ def main() -> int:
     parser.add_argument("--overlay", type=Path, default=None, help="where to put the overlay package (default: temporary)")
     parser.add_argument("pytest_args", nargs="*", help="after --: pytest arguments")
     ns = parser.parse_args()
-    tests = ns.pytest_args or ["-q", str(ROOT / "tests" / "test_cuda_emulation_layer.py")]
+    t = ROOT / "tests"
+    tests = ns.pytest_args or ["-q", str(t / "test_cuda_emulation_layer.py"), *(str(t / f) for f in OP_TESTS),
+                               "-k", "cuda-emulated or test_cuda_emulation_layer"]
     with tempfile.TemporaryDirectory(prefix="genfast-asan-") as tmp:
         build_dir = ns.build_dir or Path(tmp) / "build"
         overlay = ns.overlay or Path(tmp) / "overlay"
         overlay.mkdir(parents=True, exist_ok=True)
         build(build_dir, overlay)
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join([str(overlay), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        # the overlay's genfast first; the checkout after it, for `tests.tolerances` (not for genfast)
+        env["PYTHONPATH"] = os.pathsep.join([str(overlay), str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
         env["LD_PRELOAD"] = " ".join(filter(None, [preload(), env.get("LD_PRELOAD", "")]))
         # Python and torch keep memory until exit by design: no leak report. Stop at the first error. The
         # reports go to files (pytest's capture would swallow them when the process aborts), printed below.

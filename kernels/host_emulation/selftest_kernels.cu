@@ -113,6 +113,10 @@ __global__ void vector_copy_kernel(const float* in, float* out, int offset) {
   store_global16(out + i, load_global16(in + i));
 }
 
+// Thread t copies in[t]: launched with one thread more than the caller's buffer holds, the last one reads
+// past its end (what AddressSanitizer, in the sanitizer build, must report).
+__global__ void copy_kernel(const float* in, float* out) { out[threadIdx.x] = in[threadIdx.x]; }
+
 // Each block's thread 0 takes a ticket: out[ticket] = block index, i.e. the order blocks ran in.
 __global__ void block_order_kernel(float* out, unsigned* counter) {
   if (threadIdx.x == 0) out[atomicAdd(counter, 1u)] = static_cast<float>(blockIdx.x);
@@ -145,6 +149,8 @@ void run_case(const std::string& name, uintptr_t in_ptr, uintptr_t out_ptr, int 
     GF_LAUNCH_KERNEL((shuffle_exited_lane_kernel), 1, 32, 0, s)(in, out);
   } else if (name == "vector_copy") {
     GF_LAUNCH_KERNEL((vector_copy_kernel), 1, 8, 0, s)(in, out, n);
+  } else if (name == "copy") {
+    GF_LAUNCH_KERNEL((copy_kernel), 1, static_cast<unsigned>(n), 0, s)(in, out);
   } else if (name == "block_order") {
     GF_LAUNCH_KERNEL((block_order_kernel), static_cast<unsigned>(n), 32, 0, s)(out, reinterpret_cast<unsigned*>(aux));
   } else if (name == "too_many_threads") {
