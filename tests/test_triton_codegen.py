@@ -111,7 +111,7 @@ def _diffusion_launches(log):
          noise_mode=d.NOISE_AUTO, src=d.SRC_TENSOR, noise=torch.empty_like(x))
     x = torch.empty(img, dtype=F16)
     model = torch.empty((4, 6, 8, 8), dtype=F16)
-    step("ddpm |x0| for thresholding fp16", {"ldg128": 2, "stg128": 1}, d.KIND_DDPM, x, model, cond=model,
+    step("ddpm abs(x0) for thresholding fp16", {"ldg128": 2, "stg128": 1}, d.KIND_DDPM, x, model, cond=model,
          guidance=3.0, vt=5, abs_x0=True)
     step("ddpm learned_range guidance thresholding stream fp16", {"ldg128": 3, "stg128": 1}, d.KIND_DDPM, x, model,
          cond=torch.empty_like(model), guidance=3.0, vt=5, thresh=(torch.empty(4), torch.empty(4)),
@@ -287,9 +287,10 @@ def markdown_table(compiled) -> str:
         seen.add(key)
         c90, c80 = row[0].info, row[1].info
         if c90["error"] or c80["error"]:
-            rows.append(f"| {c90['kernel']} | {row[0].launch.label} | compile error | | | | | | |")
+            rows.append(f"| {c90['kernel'].strip('_')} | {row[0].launch.label} | compile error | | | | | | |")
             continue
-        rows.append(f"| {c90['kernel'].strip('_')} | {row[0].launch.label} | {c90['regs']} / {c80['regs']} | "
+        label = row[0].launch.label.replace("|", "\\|")
+        rows.append(f"| {c90['kernel'].strip('_')} | {label} | {c90['regs']} / {c80['regs']} | "
                     f"{c90['spill_stores'] + c80['spill_stores']} | {c90['stack']} | {c90['shared']} | "
                     f"{c90['ldg128']} / {c90['ldg']} | {c90['stg128']} / {c90['stg']} | {c90['mufu']} |")
     return header + "\n" + "\n".join(rows) + "\n"

@@ -10,6 +10,7 @@ element recomputes its counter's block (`stream_value`).
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -162,11 +163,20 @@ def _num_warps(rows: int, block_d: int, t: torch.Tensor) -> int:
     return max(1, min(4, rows * block_d * t.element_size() // (16 * 32)))
 
 
+@functools.lru_cache(maxsize=None)
+def _has_maxnreg() -> bool:
+    try:
+        from triton.backends.nvidia.compiler import CUDAOptions
+    except ImportError:
+        return False
+    return "maxnreg" in getattr(CUDAOptions, "__dataclass_fields__", {})
+
+
 def _register_budget(col_sums: bool) -> dict:
     """With free bits (column sums carried across the row loop) ptxas for sm_80 aims at 64 registers
     and spills where the kernel needs about 72; a budget of 96 keeps it spill-free (the codegen gate,
     tests/test_triton_codegen.py, checks every variant). Elsewhere ptxas chooses."""
-    return {"maxnreg": 96} if col_sums else {}
+    return {"maxnreg": 96} if col_sums and _has_maxnreg() else {}
 
 
 def _stream_kw(stream, dummy):
