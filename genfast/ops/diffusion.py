@@ -35,11 +35,13 @@ API NOTES FOR THE SCHEDULER / SAMPLER CODE (read this block)
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import torch
 
 from genfast import _backend, _ext
+from genfast.ops import _checks
+from genfast.ops._dispatch import COMPILED, Kernel, custom_op, eager_ok, pick_backend
 from genfast.ops._stream import Stream, resolve_stream
 from genfast.ops.random import reference_normal
 
@@ -52,7 +54,6 @@ NOISE_NEVER, NOISE_ALWAYS, NOISE_AUTO = 0, 1, 2
 # noise sources inside the op
 SRC_NONE, SRC_TENSOR, SRC_STREAM = 0, 1, 2
 
-_U64_MASK = (1 << 64) - 1
 _COMPILED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -68,11 +69,11 @@ def _alpha_ref(value: float, tensor: Optional[torch.Tensor], ndim: int, dtype, d
     return t
 
 
-def _reference_step(kind: int, sample: torch.Tensor, model: torch.Tensor, cond: Optional[torch.Tensor],
-                    guidance_scale: float, alpha_t: float, alpha_prev: float, alpha_t_tensor, alpha_prev_tensor,
-                    eta: float, prediction_type: int, clip_range: Optional[float], threshold_ratio: Optional[float],
-                    threshold_max: float, use_clipped: bool, variance_type: int, noise_mode: int, noise_src: int,
-                    noise: Optional[torch.Tensor], stream: Stream, want_x0: bool):
+def _reference_step(a: "StepArgs"):
+    kind, sample, model, cond = a.kind, a.sample, a.model_output, a.cond_output
+    guidance_scale, prediction_type, variance_type = a.guidance_scale, a.prediction_type, a.variance_type
+    threshold_ratio, threshold_max, clip_range, eta = a.threshold_ratio, a.threshold_max, a.clip_range, a.eta
+    noise_mode, noise_src, noise, stream = a.noise_mode, a.noise_src, a.noise, a.stream
     out_dtype = sample.dtype
     cdt = torch.float64 if out_dtype == torch.float64 else torch.float32
     device = sample.device
@@ -89,8 +90,8 @@ def _reference_step(kind: int, sample: torch.Tensor, model: torch.Tensor, cond: 
             pv = c[:, C:]
     elif cond is not None:
         m = m + guidance_scale * (cond.to(cdt) - m)
-    a_t = _alpha_ref(alpha_t, alpha_t_tensor, x.dim(), cdt, device)
-    a_p = _alpha_ref(alpha_prev, alpha_prev_tensor, x.dim(), cdt, device)
+    a_t = _alpha_ref(a.alpha_t, a.alpha_t_tensor, x.dim(), cdt, device)
+    a_p = _alpha_ref(a.alpha_prev, a.alpha_prev_tensor, x.dim(), cdt, device)
     beta_t = 1 - a_t
     if prediction_type == 0:
         x0 = (x - beta_t ** 0.5 * m) / a_t ** 0.5
@@ -112,7 +113,7 @@ def _reference_step(kind: int, sample: torch.Tensor, model: torch.Tensor, cond: 
     if kind == KIND_DDIM:
         variance = (1 - a_p) / beta_t * (1 - a_t / a_p)
         std = eta * variance ** 0.5
-        if use_clipped:
+        if a.use_clipped:
             eps = (x - a_t ** 0.5 * x0) / beta_t ** 0.5
         prev = a_p ** 0.5 * x0 + (1 - a_p - std ** 2) ** 0.5 * eps
         add = eta > 0
@@ -142,190 +143,209 @@ def _reference_step(kind: int, sample: torch.Tensor, model: torch.Tensor, cond: 
             z = reference_normal(x.numel(), stream, device).view(x.shape).to(cdt)
         prev = prev + std * z
     prev = prev.to(out_dtype)
-    return prev, (x0.to(out_dtype) if want_x0 else None)
+    return prev, (x0.to(out_dtype) if a.want_x0 else None)
 
 
 # ---------------------------------------------------------------------------------------------
-# Backend kernels: every one writes `out` (and `out_x0`) from contiguous inputs.
+# The op's arguments, named once: the wrapper builds them, the custom op takes them flat (schema from
+# the annotations), the kernels read them by name.
 # ---------------------------------------------------------------------------------------------
-def _threshold_bounds(kind, sample, model, cond, guidance_scale, alpha_t, alpha_prev, alpha_t_tensor,
-                      alpha_prev_tensor, prediction_type, variance_type, threshold_ratio, backend):
+class StepArgs(NamedTuple):
+    kind: int                                 # KIND_DDIM | KIND_DDPM
+    sample: torch.Tensor                      # x_t [B, ...]
+    model_output: torch.Tensor                # prediction (uncond with guidance); 2C channels if learned
+    cond_output: Optional[torch.Tensor]       # cond prediction with guidance, else None
+    guidance_scale: float
+    alpha_t: float                            # used when alpha_t_tensor is None
+    alpha_prev: float
+    alpha_t_tensor: Optional[torch.Tensor]    # fp32, 0-dim or [B], on sample's device
+    alpha_prev_tensor: Optional[torch.Tensor]
+    eta: float
+    prediction_type: int                      # PREDICTION_TYPES
+    clip_range: Optional[float]
+    threshold_ratio: Optional[float]          # dynamic thresholding when not None
+    threshold_max: float
+    use_clipped: bool
+    variance_type: int                        # VARIANCE_TYPES
+    noise_mode: int                           # NOISE_NEVER | NOISE_ALWAYS | NOISE_AUTO
+    noise_src: int                            # SRC_NONE | SRC_TENSOR | SRC_STREAM
+    noise: Optional[torch.Tensor]
+    seed: int
+    offset: int
+    seed_tensor: Optional[torch.Tensor]
+    offset_tensor: Optional[torch.Tensor]
+    want_x0: bool
+    backend: str
+
+    @property
+    def learned(self) -> bool:
+        return self.kind == KIND_DDPM and self.variance_type in (4, 5)
+
+    @property
+    def stream(self) -> Optional[Stream]:
+        if self.noise_src != SRC_STREAM:
+            return None
+        return Stream(self.seed, self.offset, self.seed_tensor, self.offset_tensor)
+
+    def checked(self) -> "StepArgs":
+        """The op's own checks (torch.ops.genfast.diffusion_step is callable directly, by torch.compile or
+        by another library): every tensor has the shape, dtype and device the kernels assume, and is made
+        contiguous, before a pointer crosses."""
+        op = "diffusion_step"
+        sample = _checks.tensor(self.sample, f"{op}: sample", min_dim=1)
+        if self.kind not in (KIND_DDIM, KIND_DDPM) or self.prediction_type not in (0, 1, 2) or \
+                self.variance_type not in range(6) or self.noise_mode not in (0, 1, 2) or self.noise_src not in (0, 1, 2):
+            raise ValueError(f"{op}: kind, prediction_type, variance_type, noise_mode or noise_src out of range: "
+                             f"{(self.kind, self.prediction_type, self.variance_type, self.noise_mode, self.noise_src)}")
+        if self.backend in COMPILED and sample.dtype not in _COMPILED_DTYPES:
+            raise TypeError(f"{op}: the {self.backend} backend takes float32, float16 or bfloat16, got {sample.dtype}")
+        expected = tuple(sample.shape)
+        if self.learned:
+            if sample.dim() < 2:
+                raise ValueError(f"{op}: a learned variance needs a channel dimension in sample")
+            expected = (sample.shape[0], 2 * sample.shape[1]) + tuple(sample.shape[2:])
+        model = _checks.tensor(self.model_output, f"{op}: model_output")
+        if tuple(model.shape) != expected:
+            raise ValueError(f"{op}: model_output has shape {tuple(model.shape)}, expected {expected}")
+        _checks.like(model, sample, f"{op}: model_output", "sample", shape=False)
+        cond = self.cond_output
+        if cond is not None:
+            _checks.like(_checks.tensor(cond, f"{op}: cond_output"), model, f"{op}: cond_output", "model_output")
+            cond = cond.contiguous()
+        batch = sample.shape[0]
+        alphas = []
+        for name, t in (("alpha_t_tensor", self.alpha_t_tensor), ("alpha_prev_tensor", self.alpha_prev_tensor)):
+            if t is not None:
+                _checks.tensor(t, f"{op}: {name}", dtypes=(torch.float32,))
+                if t.device != sample.device or not (t.dim() == 0 or tuple(t.shape) == (batch,)):
+                    raise ValueError(f"{op}: {name} must be a 0-dim or [{batch}] float32 tensor on {sample.device}, "
+                                     f"got {tuple(t.shape)} on {t.device}")
+                t = t.contiguous()
+            alphas.append(t)
+        if self.threshold_ratio is not None and not 0.0 <= self.threshold_ratio <= 1.0:
+            raise ValueError(f"{op}: threshold_ratio must lie in [0, 1], got {self.threshold_ratio}")
+        noise = self.noise
+        if self.noise_src == SRC_TENSOR:
+            if noise is None:
+                raise ValueError(f"{op}: noise_src says a noise tensor but noise is None")
+            _checks.tensor(noise, f"{op}: noise")
+            _checks.like(noise, sample, f"{op}: noise", "sample", dtype=False)
+            noise = noise.contiguous()
+        stream = self.stream
+        if stream is not None:
+            stream = stream.check(sample.device, op)
+        return self._replace(sample=sample.contiguous(), model_output=model.contiguous(), cond_output=cond,
+                             alpha_t_tensor=alphas[0], alpha_prev_tensor=alphas[1], noise=noise,
+                             seed_tensor=stream.seed_tensor if stream else self.seed_tensor,
+                             offset_tensor=stream.offset_tensor if stream else self.offset_tensor)
+
+
+# ---------------------------------------------------------------------------------------------
+# The kernel: one launch writes `out` (and `out_x0`) from contiguous inputs; with abs_x0 it writes
+# |x0| in fp32 instead (the first pass of dynamic thresholding).
+# ---------------------------------------------------------------------------------------------
+step_kernel = Kernel("diffusion_step")
+
+
+def _ext_args(a: StepArgs, out, out_x0, thresh, threshold_weight, abs_x0):
+    """The compiled kernels' flat arguments, in the order of csrc/bind_diffusion.cpp::params_from."""
+    n = a.sample.numel()
+    batch = a.sample.shape[0]
+    seed, offset, seed_ptr, offset_ptr = a.stream.ints() if a.stream else (0, 0, 0, 0)
+    noise = a.noise if a.noise_src == SRC_TENSOR else None
+    return (
+        a.kind, int(abs_x0), n, n // batch if batch > 0 else 0,
+        out.data_ptr(), _ext.data_ptr(out_x0), a.sample.data_ptr(), a.model_output.data_ptr(),
+        _ext.data_ptr(a.cond_output), _ext.data_ptr(noise), _ext.DTYPE_CODES[a.sample.dtype],
+        _ext.DTYPE_CODES[noise.dtype] if noise is not None else 0,
+        _ext.data_ptr(a.alpha_t_tensor), a.alpha_t_tensor is not None and a.alpha_t_tensor.dim() == 1,
+        _ext.data_ptr(a.alpha_prev_tensor), a.alpha_prev_tensor is not None and a.alpha_prev_tensor.dim() == 1,
+        a.alpha_t, a.alpha_prev, a.eta, a.prediction_type, a.variance_type,
+        a.cond_output is not None, a.guidance_scale,
+        a.clip_range is not None, a.clip_range or 0.0,
+        thresh[0].data_ptr() if thresh else 0, thresh[1].data_ptr() if thresh else 0,
+        threshold_weight, a.threshold_max, a.use_clipped, a.noise_mode, a.noise_src,
+        seed, offset, seed_ptr, offset_ptr,
+    )
+
+
+@step_kernel.compiled
+def _(launch, a: StepArgs, out, out_x0, thresh, threshold_weight, abs_x0):
+    launch("diffusion_step", *_ext_args(a, out, out_x0, thresh, threshold_weight, abs_x0))
+
+
+@step_kernel.triton
+def _(a: StepArgs, out, out_x0, thresh, threshold_weight, abs_x0):
+    from genfast.triton.diffusion import diffusion_step_triton
+
+    diffusion_step_triton(a.kind, out, out_x0, a.sample, a.model_output, a.cond_output, a.guidance_scale, a.alpha_t,
+                          a.alpha_prev, a.alpha_t_tensor, a.alpha_prev_tensor, a.eta, a.prediction_type, a.clip_range,
+                          thresh, threshold_weight, a.threshold_max, a.use_clipped, a.variance_type, a.noise_mode,
+                          a.noise_src, a.noise, a.stream, abs_x0)
+
+
+def _threshold_bounds(a: StepArgs):
     """Per-sample (lower, upper) order statistics of |x0| for torch.quantile's linear interpolation:
     kernel 1 writes |x0| (fp32, [B, N]); two kthvalue selections pick the bracketing values. The
     interpolation and the clamp to [1, max_value] happen inside the step kernel. No host sync."""
-    B = sample.shape[0]
-    N = sample.numel() // B
-    absx0 = torch.empty((B, N), dtype=torch.float32, device=sample.device)
-    _run_kernel(backend, kind, absx0, None, sample, model, cond, guidance_scale, alpha_t, alpha_prev, alpha_t_tensor,
-                alpha_prev_tensor, 0.0, prediction_type, None, None, 0.0, 0.0, False, variance_type, NOISE_NEVER,
-                SRC_NONE, None, None, mode_abs_x0=True)
-    pos = threshold_ratio * (N - 1)
+    B = a.sample.shape[0]
+    N = a.sample.numel() // B
+    absx0 = torch.empty((B, N), dtype=torch.float32, device=a.sample.device)
+    first = a._replace(eta=0.0, clip_range=None, threshold_ratio=None, use_clipped=False, noise_mode=NOISE_NEVER,
+                       noise_src=SRC_NONE, noise=None)
+    step_kernel(a.backend, first, absx0, None, None, 0.0, True)
+    pos = a.threshold_ratio * (N - 1)
     lo_k = int(math.floor(pos))
     hi_k = min(lo_k + 1, N - 1)
     weight = pos - lo_k
     lo = torch.kthvalue(absx0, lo_k + 1, dim=1).values
     hi = torch.kthvalue(absx0, hi_k + 1, dim=1).values if hi_k != lo_k else lo
+    # torch.quantile (the reference, diffusers) gives NaN for a row holding a NaN, so the whole sample turns
+    # NaN; kthvalue sorts NaN last and could pick finite values. A sum of |x0| is NaN exactly then.
+    has_nan = torch.isnan(absx0.sum(dim=1))
+    lo = torch.where(has_nan, torch.full_like(lo, float("nan")), lo)
     return lo.contiguous(), hi.contiguous(), weight
 
 
-def _run_kernel(backend, kind, out, out_x0, sample, model, cond, guidance_scale, alpha_t, alpha_prev, alpha_t_tensor,
-                alpha_prev_tensor, eta, prediction_type, clip_range, thresh, threshold_weight, threshold_max,
-                use_clipped, variance_type, noise_mode, noise_src, noise, stream, mode_abs_x0=False):
-    """Dispatch one fused-step kernel launch to a compiled backend (triton/cuda/cpu)."""
-    if backend == "triton":
-        from genfast.triton.diffusion import diffusion_step_triton as run
-    elif backend == "cuda":
-        run = _run_cuda
-    else:
-        run = _run_cpu
-    run(kind, out, out_x0, sample, model, cond, guidance_scale, alpha_t, alpha_prev, alpha_t_tensor, alpha_prev_tensor,
-        eta, prediction_type, clip_range, thresh, threshold_weight, threshold_max, use_clipped, variance_type,
-        noise_mode, noise_src, noise, stream, mode_abs_x0)
-
-
-def _ext_args(kind, out, out_x0, sample, model, cond, guidance_scale, alpha_t, alpha_prev, alpha_t_tensor,
-              alpha_prev_tensor, eta, prediction_type, clip_range, thresh, threshold_weight, threshold_max,
-              use_clipped, variance_type, noise_mode, noise_src, noise, stream, mode_abs_x0):
-    n = sample.numel()
-    B = sample.shape[0]
-    codes = _ext.DTYPE_CODES
-    s = stream
-    return (
-        kind, int(mode_abs_x0), n, n // B if B > 0 else 0,
-        out.data_ptr(), out_x0.data_ptr() if out_x0 is not None else 0, sample.data_ptr(), model.data_ptr(),
-        cond.data_ptr() if cond is not None else 0,
-        noise.data_ptr() if noise is not None else 0, codes[sample.dtype], codes[noise.dtype] if noise is not None else 0,
-        alpha_t_tensor.data_ptr() if alpha_t_tensor is not None else 0,
-        alpha_t_tensor is not None and alpha_t_tensor.dim() == 1,
-        alpha_prev_tensor.data_ptr() if alpha_prev_tensor is not None else 0,
-        alpha_prev_tensor is not None and alpha_prev_tensor.dim() == 1,
-        alpha_t, alpha_prev, eta, prediction_type, variance_type,
-        cond is not None, guidance_scale,
-        clip_range is not None, clip_range or 0.0,
-        thresh[0].data_ptr() if thresh else 0, thresh[1].data_ptr() if thresh else 0,
-        threshold_weight, threshold_max, use_clipped, noise_mode, noise_src,
-        (s.seed & _U64_MASK) if s else 0, (s.offset & _U64_MASK) if s else 0,
-        s.seed_tensor.data_ptr() if s and s.seed_tensor is not None else 0,
-        s.offset_tensor.data_ptr() if s and s.offset_tensor is not None else 0,
-    )
-
-
-def _run_cpu(*args):
-    _ext._C.diffusion_step_cpu(*_ext_args(*args))
-
-
-def _run_cuda(*args):
-    out = args[1]
-    index = _ext.device_index(out)
-    # the raw current stream without building a torch.cuda.Stream object (host overhead per step)
-    raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)
-    stream = raw(index) if raw is not None else _ext.cuda_stream(out)
-    _ext._C.diffusion_step_cuda(*_ext_args(*args), stream, index)
-
-
-def _compiled_step(kind, sample, model, cond, guidance_scale, alpha_t, alpha_prev, alpha_t_tensor, alpha_prev_tensor,
-                   eta, prediction_type, clip_range, threshold_ratio, threshold_max, use_clipped, variance_type,
-                   noise_mode, noise_src, noise, stream, want_x0, backend):
-    out = torch.empty_like(sample)
-    out_x0 = torch.empty_like(sample) if want_x0 else None
-    if sample.numel() == 0:
+def _compiled_step(a: StepArgs):
+    out = torch.empty_like(a.sample)
+    out_x0 = torch.empty_like(a.sample) if a.want_x0 else None
+    if a.sample.numel() == 0:
         return out, out_x0
     thresh, weight = None, 0.0
-    if threshold_ratio is not None:
-        lo, hi, weight = _threshold_bounds(kind, sample, model, cond, guidance_scale, alpha_t, alpha_prev,
-                                           alpha_t_tensor, alpha_prev_tensor, prediction_type, variance_type,
-                                           threshold_ratio, backend)
+    if a.threshold_ratio is not None:
+        lo, hi, weight = _threshold_bounds(a)
         thresh = (lo, hi)
-    _run_kernel(backend, kind, out, out_x0, sample, model, cond, guidance_scale, alpha_t, alpha_prev, alpha_t_tensor,
-                alpha_prev_tensor, eta, prediction_type, clip_range, thresh, weight, threshold_max, use_clipped,
-                variance_type, noise_mode, noise_src, noise, stream)
+    step_kernel(a.backend, a, out, out_x0, thresh, weight, False)
     return out, out_x0
 
 
-def _has_kernel(backend: str) -> bool:
-    if backend == "triton":
-        import importlib.util
-        return importlib.util.find_spec("genfast.triton.diffusion") is not None
-    return _ext._C is not None and hasattr(_ext._C, f"diffusion_step_{backend}")
+def _impl(a: StepArgs):
+    if a.backend == "reference" or a.sample.dtype not in _COMPILED_DTYPES:
+        return _reference_step(a)
+    return _compiled_step(a)
 
 
-def _impl(kind, sample, model, cond, guidance_scale, alpha_t, alpha_prev, alpha_t_tensor, alpha_prev_tensor, eta,
-          prediction_type, clip_range, threshold_ratio, threshold_max, use_clipped, variance_type, noise_mode, noise_src,
-          noise, seed, offset, seed_tensor, offset_tensor, want_x0, backend):
-    stream = Stream(seed, offset, seed_tensor, offset_tensor) if noise_src == SRC_STREAM else None
-    if backend == "reference" or sample.dtype not in _COMPILED_DTYPES or not _has_kernel(backend):
-        return _reference_step(kind, sample, model, cond, guidance_scale, alpha_t, alpha_prev, alpha_t_tensor,
-                               alpha_prev_tensor, eta, prediction_type, clip_range, threshold_ratio, threshold_max,
-                               use_clipped, variance_type, noise_mode, noise_src, noise, stream, want_x0)
-    return _compiled_step(kind, sample, model, cond, guidance_scale, alpha_t, alpha_prev, alpha_t_tensor,
-                          alpha_prev_tensor, eta, prediction_type, clip_range, threshold_ratio, threshold_max,
-                          use_clipped, variance_type, noise_mode, noise_src, noise, stream, want_x0, backend)
+def _op_impl(a: StepArgs):
+    prev, x0 = _impl(a.checked())
+    return prev, (x0 if x0 is not None else a.sample.new_empty((0,)))
 
 
-# ---------------------------------------------------------------------------------------------
-# The custom op (used under torch.compile / tracing; eager calls go straight to _impl, skipping the
-# dispatcher's ~10 us, since the op has no autograd and no state).
-# ---------------------------------------------------------------------------------------------
-@torch.library.custom_op("genfast::diffusion_step", mutates_args=())
-def diffusion_step_op(
-    kind: int,
-    sample: torch.Tensor,
-    model_output: torch.Tensor,
-    cond_output: Optional[torch.Tensor],
-    guidance_scale: float,
-    alpha_t: float,
-    alpha_prev: float,
-    alpha_t_tensor: Optional[torch.Tensor],
-    alpha_prev_tensor: Optional[torch.Tensor],
-    eta: float,
-    prediction_type: int,
-    clip_range: Optional[float],
-    threshold_ratio: Optional[float],
-    threshold_max: float,
-    use_clipped: bool,
-    variance_type: int,
-    noise_mode: int,
-    noise_src: int,
-    noise: Optional[torch.Tensor],
-    seed: int,
-    offset: int,
-    seed_tensor: Optional[torch.Tensor],
-    offset_tensor: Optional[torch.Tensor],
-    want_x0: bool,
-    backend: str,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    prev, x0 = _impl(kind, sample, model_output, cond_output, guidance_scale, alpha_t, alpha_prev, alpha_t_tensor,
-                 alpha_prev_tensor, eta, prediction_type, clip_range, threshold_ratio, threshold_max, use_clipped,
-                 variance_type, noise_mode, noise_src, noise, seed, offset, seed_tensor, offset_tensor, want_x0,
-                 backend)
-    return prev, (x0 if x0 is not None else sample.new_empty((0,)))
+def _op_fake(a: StepArgs):
+    x0 = torch.empty_like(a.sample) if a.want_x0 else a.sample.new_empty((0,))
+    return torch.empty_like(a.sample), x0
 
 
-@diffusion_step_op.register_fake
-def _(kind, sample, model_output, cond_output, guidance_scale, alpha_t, alpha_prev, alpha_t_tensor, alpha_prev_tensor,
-      eta, prediction_type, clip_range, threshold_ratio, threshold_max, use_clipped, variance_type, noise_mode,
-      noise_src, noise, seed, offset, seed_tensor, offset_tensor, want_x0, backend):
-    x0 = torch.empty_like(sample) if want_x0 else sample.new_empty((0,))
-    return torch.empty_like(sample), x0
-
-
-def _eager_ok(*tensors) -> bool:
-    if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() > 0:
-        return False
-    if torch._C._is_torch_function_mode_enabled():
-        return False
-    return all(t is None or type(t) is torch.Tensor for t in tensors)
+# The custom op (used under torch.compile / tracing / torch.ops.genfast; eager calls go straight to
+# _impl, skipping the dispatcher's ~10 us, since the op has no autograd and no state).
+diffusion_step_op = custom_op("genfast::diffusion_step", StepArgs, "(Tensor, Tensor)", _op_impl, _op_fake)
 
 
 # ---------------------------------------------------------------------------------------------
 # Argument checks (errors name the argument) and the public functions.
 # ---------------------------------------------------------------------------------------------
 def _check_tensor(t, name: str) -> torch.Tensor:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
-    if not t.is_floating_point():
-        raise TypeError(f"{name}: expected a floating-point tensor, got {t.dtype}")
-    return t
+    return _checks.tensor(t, name)
 
 
 def _check_alpha(value, name: str, sample: torch.Tensor) -> tuple[float, Optional[torch.Tensor]]:
@@ -348,7 +368,7 @@ def _check_alpha(value, name: str, sample: torch.Tensor) -> tuple[float, Optiona
         if value.dtype != torch.float32:
             value = value.float()
         return 1.0, value.contiguous()
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not _checks.is_real(value):
         raise TypeError(f"{name}: expected a float or a tensor, got {type(value).__name__}")
     value = float(value)
     if not 0.0 < value <= 1.0:  # NaN fails too
@@ -357,35 +377,30 @@ def _check_alpha(value, name: str, sample: torch.Tensor) -> tuple[float, Optiona
 
 
 def _check_float(value, name: str, allow_none: bool = False):
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name}: expected a float, got {type(value).__name__}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name}: must be finite, got {value}")
-    return value
+    return _checks.real(value, name, allow_none=allow_none)
 
 
 _DEFAULT_BACKEND: dict[str, str] = {}
-_AVAILABLE: dict[str, bool] = {}
+_CHECKED: set = set()
 
 
-def _select_backend(device: torch.device) -> str:
-    # Eager fast path: the default per device type and the availability of a forced backend do not change
-    # within a process, so they are cached (launch overhead dominates small steps); the checks and errors
-    # are select_backend's own.
+def _select_backend(sample: torch.Tensor) -> str:
+    # Eager fast path: the default per device type and a forced backend's availability do not change
+    # within a process, so they are cached (launch overhead dominates small steps); the checks and
+    # errors are pick_backend's own.
+    if sample.dtype not in _COMPILED_DTYPES:
+        return pick_backend("diffusion_step", sample, "sample")
     forced = _backend.forced_backend()
+    key = (forced, sample.device.type)
     if forced is None:
-        name = _DEFAULT_BACKEND.get(device.type)
+        name = _DEFAULT_BACKEND.get(sample.device.type)
         if name is None:
-            name = _DEFAULT_BACKEND[device.type] = _backend.select_backend("diffusion_step", device)
+            name = _DEFAULT_BACKEND[sample.device.type] = pick_backend("diffusion_step", sample, "sample")
         return name
-    if _AVAILABLE.get(forced) and (forced == "reference" or device.type == "cpu" and forced == "cpu"
-                                   or device.type == "cuda" and forced in ("cuda", "triton")):
+    if key in _CHECKED:
         return forced
-    name = _backend.select_backend("diffusion_step", device)
-    _AVAILABLE[name] = True
+    name = pick_backend("diffusion_step", sample, "sample")
+    _CHECKED.add(key)
     return name
 
 
@@ -491,25 +506,26 @@ def _prepare(kind, sample, model_output, alpha_prod_t, alpha_prod_t_prev, eta, p
 
     if sample.dtype not in _ext.DTYPE_CODES:
         raise TypeError(f"sample: unsupported dtype {sample.dtype} (float32, float16, bfloat16, float64)")
-    backend = _select_backend(sample.device)
+    backend = _select_backend(sample)
     if not sample.is_contiguous():
         sample = sample.contiguous()
     if not model.is_contiguous():
         model = model.contiguous()
     if cond is not None and not cond.is_contiguous():
         cond = cond.contiguous()
-    return (kind, sample, model, cond, gscale, a_t, a_p, a_t_tensor, a_p_tensor, eta, ptype, clip, t_ratio, t_max,
-            use_clipped_model_output, vtype, mode, src, noise, seed_i, offset_i, seed_t, offset_t,
-            return_pred_original, backend)
+    return StepArgs(kind, sample, model, cond, gscale, a_t, a_p, a_t_tensor, a_p_tensor, eta, ptype, clip, t_ratio,
+                    t_max, use_clipped_model_output, vtype, mode, src, noise, seed_i, offset_i, seed_t, offset_t,
+                    return_pred_original, backend)
 
 
-def _call(args):
-    tensors = (args[1], args[2], args[3], args[7], args[8], args[18], args[21], args[22])
-    if _eager_ok(*tensors):
-        prev, x0 = _impl(*args)
+def _call(a: StepArgs):
+    # the wrapper has checked and made contiguous everything the op's own checks look at
+    if eager_ok(a.sample, a.model_output, a.cond_output, a.alpha_t_tensor, a.alpha_prev_tensor, a.noise,
+                a.seed_tensor, a.offset_tensor):
+        prev, x0 = _impl(a)
     else:
-        prev, x0 = diffusion_step_op(*args)
-    return (prev, x0) if args[23] else prev
+        prev, x0 = diffusion_step_op(*a)
+    return (prev, x0) if a.want_x0 else prev
 
 
 def ddim_step(sample: torch.Tensor, model_output, alpha_prod_t, alpha_prod_t_prev, *, eta: float = 0.0,
