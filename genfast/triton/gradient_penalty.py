@@ -2,8 +2,8 @@
 one-launch per-sample norm + penalty, and the penalty's elementwise backward.
 
 Tensors are contiguous [B, row]; a program owns one (sample, chunk) tile, so the per-sample
-values (alpha, norm) are scalars of the program and the row accesses are contiguous (16-byte
-vectors when row is a multiple of 16, which Triton specializes at launch).
+values (alpha, norm) are scalars of the program and the row accesses are contiguous: 16-byte vectors
+when a row is a whole number of them (the launchers pass the row length in vector units, ROW_VEC).
 """
 from __future__ import annotations
 
@@ -44,8 +44,7 @@ def _interpolate_kernel(real_ptr, fake_ptr, out_ptr, alpha_ptr, row_units, chunk
 
 @triton.jit
 def _norm_penalty_kernel(g_ptr, partial_ptr, counter_ptr, norms_ptr, penalty_ptr, n_samples, row_units, chunks,
-                         chunk_len,
-                         weight, center, MODE: tl.constexpr, ROW_VEC: tl.constexpr, BLOCK: tl.constexpr,
+                         chunk_len, weight, center, MODE: tl.constexpr, ROW_VEC: tl.constexpr, BLOCK: tl.constexpr,
                          FIN_BLOCK: tl.constexpr):
     pid = tl.program_id(0).to(tl.int64)
     b = pid // chunks

@@ -127,8 +127,8 @@ def stream_words(value: int) -> tuple[int, int]:
 
     The kernels take these four words instead of two 64-bit ints because Triton types a Python int
     argument by its value: i32 in [-2^31, 2^31), i64 above, u64 from 2^63, a constant if it equals 1. Its
-    interpreter even stores [2^31, 2^32) as uint32 behind an i64 type, so that `>> 32` reads the sign
-    bit, and the stream differed for such seeds. Words in int32 range are i32 on every Triton version,
+    interpreter even stores [2^31, 2^32) as a uint32 array behind an i64 type, whose high word then came
+    out as 0xFFFFFFFF: the stream differed for such seeds. Words in int32 range are i32 on every version,
     in the interpreter too, and the kernels mark them do_not_specialize (a word equal to 1 must not
     become a constant; a seed never deserves its own compile)."""
     u = value & 0xFFFFFFFFFFFFFFFF
