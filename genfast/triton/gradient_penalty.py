@@ -78,7 +78,7 @@ def _norm_penalty_kernel(g_ptr, partial_ptr, counter_ptr, norms_ptr, penalty_ptr
             else:
                 d = n - center
                 if MODE == MODE_ONE_SIDED:
-                    d = tl.maximum(d, 0.0)
+                    d = tl.maximum(d, 0.0, propagate_nan=tl.PropagateNan.ALL)  # NaN stays NaN, as torch.clamp_min
                 term = d * d
             total += tl.where(mb, term, 0.0)
         mean = tl.sum(total, axis=0) / n_samples

@@ -65,7 +65,8 @@ def _vae_forward_kernel(mu_ptr, lv_ptr, noise_ptr, z_ptr, row_part_ptr, col_part
         mu = tl.load(mu_ptr + offs, mask=ok, other=0.0).to(tl.float32)
         lv = tl.load(lv_ptr + offs, mask=ok, other=0.0).to(tl.float32)
         if CLAMP:
-            lv = tl.minimum(tl.maximum(lv, clamp_lo), clamp_hi)
+            lv = tl.minimum(tl.maximum(lv, clamp_lo, propagate_nan=tl.PropagateNan.ALL), clamp_hi,
+                            propagate_nan=tl.PropagateNan.ALL)  # NaN stays NaN, as torch.clamp
         if HAS_NOISE:
             eps = tl.load(noise_ptr + offs, mask=ok, other=0.0).to(tl.float32)
         else:
@@ -109,7 +110,8 @@ def _vae_backward_kernel(gz_ptr, grow_ptr, gcol_ptr, mu_ptr, lv_ptr, noise_ptr, 
         lv_raw = tl.load(lv_ptr + offs, mask=ok, other=0.0).to(tl.float32)
         lv = lv_raw
         if CLAMP:
-            lv = tl.minimum(tl.maximum(lv_raw, clamp_lo), clamp_hi)
+            lv = tl.minimum(tl.maximum(lv_raw, clamp_lo, propagate_nan=tl.PropagateNan.ALL), clamp_hi,
+                            propagate_nan=tl.PropagateNan.ALL)
         std = tl.exp(0.5 * lv)
         coef = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
         if HAS_ROWS:
