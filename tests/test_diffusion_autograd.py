@@ -432,6 +432,19 @@ def test_torch_func_grad_and_vmap_of_grad(backend_device):
     _close(g_func, g_auto, torch.float32, 2.0, "torch.func.grad")
     _close(g_vmap, per_sample, torch.float32, 2.0, "vmap(grad)")
 
+    # the vjp path (thresholding, alpha tensors) under torch.func
+    at = torch.tensor([0.3, 0.4, 0.5], device=device)
+
+    def loss_thresh(m_, a_):
+        return (ddim_step(x, m_, a_, 0.6, eta=0.5, seed=1, thresholding=(0.9, 2.0)) ** 2).sum()
+
+    with genfast.use_backend(backend):
+        gm, ga = torch.func.grad(loss_thresh, argnums=(0, 1))(m, at)
+        mm, aa = m.clone().requires_grad_(), at.clone().requires_grad_()
+        rm, ra = torch.autograd.grad(loss_thresh(mm, aa), [mm, aa])
+    _close(gm, rm, torch.float32, 2.0, "torch.func.grad, thresholding")
+    _close(ga, ra, torch.float32, 2.0, "torch.func.grad, alpha")
+
 
 # ---------------------------------------------------------------------------------------------
 # Training through the sampler: a DDIM loop differentiated end to end, cpu against the reference.
@@ -470,3 +483,40 @@ def test_sampler_loop_differentiable_cpu_matches_reference(opts):
     for name, a, b in zip(["out", "x", "weight", "bias"], results["cpu"], results["reference"]):
         assert a is not None and a.abs().sum() > 0, name
         _close(a, b, torch.float32, 20.0, f"sampler loop: d/d{name}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The Triton backward compiles for sm_90 with every global access 16 bytes wide (non-learned layouts;
+# alphas as host floats, as the samplers pass them).
+# ---------------------------------------------------------------------------------------------
+def _triton_backward_signature(dtype):
+    ptr = f"*{dtype}"
+    sig = {k: ptr for k in ("gx_ptr", "gm_ptr", "gc_ptr", "gz_ptr", "gp_ptr", "gx0_ptr", "sample_ptr", "model_ptr",
+                            "cond_ptr", "noise_ptr")}
+    sig.update({"at_ptr": "*fp32", "ap_ptr": "*fp32", "n": "i64", "inner": "i64", "alpha_t": "fp32",
+                "alpha_prev": "fp32", "eta": "fp32", "guidance_scale": "fp32", "clip_range": "fp32", "seed": "i64",
+                "offset": "i64", "seed_ptr": "*i64", "offset_ptr": "*i64"})
+    return sig
+
+
+@pytest.mark.parametrize("dtype,cpr,kind", [("fp32", 1, 0), ("fp16", 2, 1), ("bf16", 2, 0)])
+def test_triton_backward_compiles_for_sm90_with_16_byte_accesses(dtype, cpr, kind):
+    pytest.importorskip("triton")
+    import re
+
+    from triton_aot import compile_sm90
+
+    from genfast.triton.diffusion_backward import _diffusion_step_backward_kernel
+
+    constexprs = dict(KIND=kind, PRED=0, VT=0, NOISE_MODE=1, WITH_NOISE=True, NEED_Z=False, NOISE_SRC=0, AT_MODE=0,
+                      AP_MODE=0, GUIDANCE=True, LEARNED=False, CLIP=True, USE_CLIPPED=kind == 0, HAS_GX0=True,
+                      WANT_X=True, WANT_M=True, WANT_Z=True, SEED_FROM_PTR=False, OFFSET_FROM_PTR=False, CPR=cpr,
+                      BLOCK_R=256 // cpr)
+    sig = _triton_backward_signature(dtype)
+    for k in constexprs:
+        sig[k] = "constexpr"
+    ptx = compile_sm90(_diffusion_step_backward_kernel, sig, constexprs, num_warps=4, divisible=("n", "inner"))
+    accesses = re.findall(r"\b(ld|st)\.global((?:\.[a-z0-9_:]+)*)", ptx)
+    assert len([a for a in accesses if a[0] == "ld"]) >= 5 and len([a for a in accesses if a[0] == "st"]) >= 4
+    narrow = [op + mods for op, mods in accesses if not re.search(r"\.v4\.(b|f|u|s)32", mods)]
+    assert not narrow, f"global accesses narrower than 16 bytes: {narrow[:5]}"

@@ -31,6 +31,33 @@ API NOTES FOR THE SCHEDULER / SAMPLER CODE (read this block)
   (pred_original_sample after clipping/thresholding, like diffusers' output).
 * dtypes: fp32/fp16/bf16 (fp32 arithmetic inside, output in the input dtype); float64 always runs on
   the reference backend. No host sync anywhere (thresholding included).
+* Mixed dtypes are promoted as diffusers' formulas promote them (checked against diffusers 0.42 in both
+  directions): prev_sample in torch.promote_types(sample, model_output[, cond]) -- an fp16 model output
+  with an fp32 sample (autocast) gives fp32, an fp32 output with an fp16 sample also fp32 -- and
+  pred_original_sample likewise, except with prediction_type="sample", where diffusers returns the
+  model output itself: its dtype. The inputs are cast (exactly) to the promoted dtype and the step
+  computes in fp32 as always. The `noise` tensor does not take part in the promotion (diffusers draws
+  its noise in the model output's dtype; a noise tensor of any float dtype is used as given).
+* Broadcasting: model outputs (and `noise`) broadcast against the sample as in diffusers' formulas: a
+  [1, ...] model output for a batch of B, a [B, ...] output for a [1, ...] sample (the result has the
+  broadcast shape), singleton spatial dimensions. Learned variance types need exactly 2C channels.
+  Per-sample alphas and thresholding act on the broadcast batch. Two differences from diffusers:
+  pred_original_sample has the broadcast shape also for prediction_type="sample" (diffusers: the model
+  output's shape), and thresholding with prediction_type="sample" and a model output broadcast along
+  non-batch dimensions is refused (diffusers takes that quantile over the un-broadcast model output).
+* Autograd, on every backend, w.r.t. sample, model_output (and cond: d/duncond = 1 - w, d/dcond = w),
+  the noise tensor and tensor alphas; the learned variance channels get theirs through std, clipping
+  passes gradients as torch.clamp does (bounds included). The backward is its own custom op
+  (genfast::diffusion_step_backward): one elementwise kernel on every backend that regenerates the
+  stream noise from (seed, offset) -- seed/offset tensors are copied at forward time -- instead of
+  saving it. Dynamic thresholding and gradients w.r.t. alpha tensors are not elementwise: those calls
+  compute their gradients by a vjp through the reference formula in fp32 (fp64 for fp64 data).
+  Once-differentiable: a second derivative raises. Eager calls that need no gradient (grad mode off, or
+  no input requiring grad) skip the dispatcher; the others run the custom op.
+* torch.func: grad/vjp work (through an autograd.Function with the same forward and backward), and
+  vmap works on every backend: the vmapped dimension is folded into the batch, or, with noise from the
+  stream (every slice draws the same noise, as a loop over slices would) or vmapped seed/offset
+  tensors, the op runs once per slice.
 """
 from __future__ import annotations
 
@@ -349,9 +376,10 @@ diffusion_step_op = custom_op("genfast::diffusion_step", StepArgs, "(Tensor, Ten
 # model output (and cond), and the noise tensor. The noise itself is regenerated from the stream (the
 # seed/offset tensors are copied at forward time), never saved; it is read only where the gradient
 # needs its values (learned variance types). Dynamic thresholding (its per-sample quantile scale
-# depends on every x0 of the sample) and gradients of alpha tensors are not elementwise: those calls
-# compute every requested gradient by a vjp through the reference formula, in fp32 (fp64 for fp64).
-# The backward is once-differentiable: a second derivative raises.
+# depends on every x0 of the sample) and gradients of alpha tensors are not elementwise: for those
+# calls the forward op's autograd computes every requested gradient by a vjp through the reference
+# formula, in fp32 (fp64 for fp64), with torch.autograd (not inside a custom op, where autograd
+# records nothing and torch.func breaks under dispatch modes). Once-differentiable.
 # ---------------------------------------------------------------------------------------------
 def _guided(a: StepArgs, cdt):
     """(m, v): the guided prediction and the predicted variance (learned types, else None), in cdt."""
@@ -600,25 +628,34 @@ def _vjp_backward(a: StepArgs, grad_prev, grad_x0, want_sample, want_model, want
                   ("noise", a.noise, want_noise and a.noise_src == SRC_TENSOR, None),
                   ("alpha_t_tensor", a.alpha_t_tensor, want_alphas, torch.float32),
                   ("alpha_prev_tensor", a.alpha_prev_tensor, want_alphas, torch.float32))
-    leaves = {name: t.detach().to(dtype or t.dtype).requires_grad_() for name, t, want, dtype in candidates
-              if t is not None and want}
+    primals = {name: t.detach().to(dtype or t.dtype) for name, t, want, dtype in candidates if t is not None and want}
+    names = list(primals)
+
+    cotangents = [grad_prev] + ([grad_x0] if grad_x0 is not None else [])
+
+    def outputs(*tensors):  # prev (and x0) as a function of the wanted inputs
+        prev, x0 = _reference_step(a._replace(want_x0=grad_x0 is not None, **dict(zip(names, tensors))))
+        return (prev, x0) if grad_x0 is not None else (prev,)
+
     found = {}
-    if leaves:
+    if names and _functorch_active():  # inside torch.func transforms: their vjp (requires_grad_ is refused)
+        outs, vjp_fn = torch.func.vjp(outputs, *primals.values())
+        found = dict(zip(names, vjp_fn(tuple(g.to(o.dtype) for o, g in zip(outs, cotangents)))))
+    elif names:
+        leaves = [t.requires_grad_() for t in primals.values()]
         with torch.enable_grad():
-            prev, x0 = _reference_step(a._replace(want_x0=grad_x0 is not None, **leaves))
-            pairs = [(prev, grad_prev)] + ([(x0, grad_x0)] if grad_x0 is not None else [])
-            pairs = [(o, g.to(o.dtype)) for o, g in pairs if o.requires_grad]  # x0 = m depends on no alpha
+            pairs = [(o, g.to(o.dtype)) for o, g in zip(outputs(*leaves), cotangents)
+                     if o.requires_grad]  # (x0 = m depends on no alpha)
             if pairs:
-                grads = torch.autograd.grad([o for o, _ in pairs], list(leaves.values()), [g for _, g in pairs],
-                                            allow_unused=True)
-                found = dict(zip(leaves, grads))
+                found = dict(zip(names, torch.autograd.grad([o for o, _ in pairs], leaves, [g for _, g in pairs],
+                                                            allow_unused=True)))
     results = []
     for name, t, _, _ in candidates:
-        if name not in leaves:
+        if name not in primals:
             results.append(None)
             continue
         g = found.get(name)
-        g = torch.zeros_like(leaves[name]) if g is None else g
+        g = torch.zeros_like(primals[name]) if g is None else g
         results.append(g.to(t.dtype).contiguous())
     return tuple(results)
 
@@ -883,25 +920,27 @@ def _prepare(kind, sample, model_output, alpha_prod_t, alpha_prod_t_prev, eta, p
     x0_dtype = model_dtype if ptype == PREDICTION_TYPES["sample"] else out_dtype
     # shapes: model outputs broadcast against the sample as in diffusers' formulas (a [1, ...] output for
     # a batch of B, ...); the step runs on the broadcast shape, the inputs expanded to it.
-    outputs = [("model_output", model)] if cond is None else [("model_output[0] (uncond)", model),
-                                                             ("model_output[1] (cond)", cond)]
     shape = tuple(sample.shape)
     expected = (shape[0], 2 * shape[1]) + shape[2:] if learned else shape
-    if any(tuple(t.shape) != expected for _, t in outputs):
+    given_shape = None  # the model output's shape where it is broadcast
+    if model.shape != expected or (cond is not None and cond.shape != expected):
+        outputs = [("model_output", model)] if cond is None else [("model_output[0] (uncond)", model),
+                                                                 ("model_output[1] (cond)", cond)]
+        given_shape = tuple(model.shape) if model.shape != expected else tuple(cond.shape)
         shape = _broadcast_step_shape(sample, outputs, learned, variance_type)
         expected = (shape[0], 2 * shape[1]) + shape[2:] if learned else shape
     if out_dtype != sample.dtype:
         sample = sample.to(out_dtype)
-    if tuple(sample.shape) != shape:
-        sample = sample.expand(shape)
     if model.dtype != out_dtype:
         model = model.to(out_dtype)
-    if tuple(model.shape) != expected:
-        model = model.expand(expected)
-    if cond is not None:
-        if cond.dtype != out_dtype:
-            cond = cond.to(out_dtype)
-        if tuple(cond.shape) != expected:
+    if cond is not None and cond.dtype != out_dtype:
+        cond = cond.to(out_dtype)
+    if given_shape is not None:
+        if sample.shape != shape:
+            sample = sample.expand(shape)
+        if model.shape != expected:
+            model = model.expand(expected)
+        if cond is not None and cond.shape != expected:
             cond = cond.expand(expected)
 
     a_t, a_t_tensor = _check_alpha(alpha_prod_t, "alpha_prod_t", sample)
@@ -922,6 +961,12 @@ def _prepare(kind, sample, model_output, alpha_prod_t, alpha_prod_t_prev, eta, p
             raise ValueError(f"thresholding: ratio must lie in [0, 1], got {t_ratio}")
         if t_max < 1.0:
             raise ValueError(f"thresholding: max_value must be >= 1, got {t_max}")
+        if ptype == PREDICTION_TYPES["sample"] and given_shape is not None and given_shape[1:] != expected[1:]:
+            # diffusers takes the quantile over x0 = model_output un-broadcast; over the broadcast x0 the
+            # repeated elements would move the quantile: refuse rather than differ silently
+            raise ValueError(f"thresholding: with prediction_type='sample' the per-sample quantile is taken over "
+                             f"model_output itself, which is broadcast along non-batch dimensions here "
+                             f"({given_shape} against {expected}); expand model_output to {expected} first")
     if not isinstance(use_clipped_model_output, bool):
         raise TypeError("use_clipped_model_output: expected a bool")
     if not isinstance(return_pred_original, bool):
@@ -1007,8 +1052,7 @@ def _call(a: StepArgs, x0_dtype: torch.dtype):
                a.seed_tensor, a.offset_tensor)
     if _functorch_active():
         prev, x0 = _StepFunction.apply(*a)
-    elif eager_ok(*tensors) and not (torch.is_grad_enabled() and
-                                     any(t is not None and t.requires_grad for t in tensors)):
+    elif eager_ok(*tensors) and not (torch.is_grad_enabled() and torch._C._any_requires_grad(*tensors)):
         prev, x0 = _impl(a)
     else:
         prev, x0 = diffusion_step_op(*a)
