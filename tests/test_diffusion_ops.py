@@ -294,7 +294,8 @@ def test_bad_input():
     m = torch.randn(2, 3, 4, 4)
     cases = [
         (lambda: ddim_step(x, torch.randn(2, 3, 4, 5), 0.5, 0.6), ValueError, "model_output"),
-        (lambda: ddim_step(x, m.double(), 0.5, 0.6), TypeError, "model_output"),
+        (lambda: ddim_step(x, m.long(), 0.5, 0.6), TypeError, "model_output"),  # (float64 promotes, as diffusers)
+        (lambda: ddim_step(x, torch.randn(3, 3, 4, 4), 0.5, 0.6), ValueError, "model_output"),  # not broadcastable
         (lambda: ddim_step(x, m.to("meta"), 0.5, 0.6), ValueError, "model_output"),
         (lambda: ddim_step(x, m, 0.5, 0.6, guidance_scale=2.0), ValueError, "guidance_scale"),
         (lambda: ddim_step(x, (m, m), 0.5, 0.6), ValueError, "guidance_scale"),
