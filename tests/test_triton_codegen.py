@@ -199,10 +199,41 @@ def _vae_launches(log):
                 mu, mu, None, _stream(value, value), True, False, None, None)
 
 
+def _diffusion_backward_launches(log):
+    from genfast.ops import diffusion as d
+    from genfast.triton.diffusion_backward import diffusion_step_backward_triton
+
+    def args(kind, sample, model, *, cond=None, vt=0, eta=0.0, src=d.SRC_NONE, noise=None, stream=None, clip=None,
+             mode=d.NOISE_ALWAYS):
+        st = stream or Stream(0, 0, None, None)
+        return d.StepArgs(kind, sample, model, cond, 3.0 if cond is not None else 1.0, 0.5, 0.6, None, None, eta, 0,
+                          clip, None, 1.0, False, vt, mode, src, noise, st.seed, st.offset, st.seed_tensor,
+                          st.offset_tensor, True, "triton")
+
+    img = (4, 3, 8, 8)  # n = 768: a multiple of the 16-byte rows
+    for dtype in (F32, F16, BF16):
+        x = torch.empty(img, dtype=dtype)
+        a = args(d.KIND_DDIM, x, torch.empty_like(x), cond=torch.empty_like(x), eta=1.0, src=d.SRC_STREAM,
+                 stream=_stream(), clip=1.0)
+        _record(f"ddim backward guidance clip {SHORT[dtype]}", log, {"ldg128": 4, "stg128": 3},
+                diffusion_step_backward_triton, a, torch.empty_like(x), torch.empty_like(x), torch.empty_like(x),
+                torch.empty_like(x), torch.empty_like(x), torch.empty_like(x))
+    x = torch.empty(img, dtype=F16)
+    model = torch.empty((4, 6, 8, 8), dtype=F16)
+    a = args(d.KIND_DDPM, x, model, vt=5, src=d.SRC_STREAM, stream=_stream(), mode=d.NOISE_AUTO)
+    _record("ddpm backward learned_range stream fp16", log, None, diffusion_step_backward_triton, a,
+            torch.empty_like(x), None, torch.empty_like(x), torch.empty_like(model), None, None)
+    x = torch.empty((3, 5, 7))
+    _record("ddpm backward fp32 n=105", log, None, diffusion_step_backward_triton,
+            args(d.KIND_DDPM, x, torch.empty_like(x)), torch.empty_like(x), None, torch.empty_like(x),
+            torch.empty_like(x), None, None)
+
+
 def record_all() -> list[Launch]:
     with record_launches() as log:
         _random_launches(log)
         _diffusion_launches(log)
+        _diffusion_backward_launches(log)
         _gradient_penalty_launches(log)
         _vae_launches(log)
     return log

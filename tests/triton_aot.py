@@ -37,8 +37,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-TRITON_MODULES = ("genfast.triton.random", "genfast.triton.diffusion", "genfast.triton.gradient_penalty",
-                  "genfast.triton.vae")
+TRITON_MODULES = tuple(f"genfast.triton.{m.name}" for m in __import__("pkgutil").iter_modules(
+    [str(ROOT / "genfast" / "triton")]) if m.name != "common")  # every kernel module, new ones included
 
 
 # ---- recording launches ---------------------------------------------------------------------------

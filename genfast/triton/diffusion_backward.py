@@ -15,14 +15,15 @@ import triton
 import triton.language as tl
 
 from genfast.triton.common import cast_rne
-from genfast.triton.diffusion import _alpha_mode, _load_alpha, _sqrt
-from genfast.triton.random import load_stream_args, normal4
+from genfast.triton.diffusion import _alpha_mode, _load_alpha, _sample_of, _sqrt
+from genfast.triton.random import STREAM_WORDS, normal4, stream_key, stream_kwargs
 
 
-@triton.jit
+@triton.jit(do_not_specialize=STREAM_WORDS)
 def _diffusion_step_backward_kernel(
     gx_ptr, gm_ptr, gc_ptr, gz_ptr, gp_ptr, gx0_ptr, sample_ptr, model_ptr, cond_ptr, noise_ptr, at_ptr, ap_ptr,
-    n, inner, alpha_t, alpha_prev, eta, guidance_scale, clip_range, seed, offset, seed_ptr, offset_ptr,
+    n, inner, alpha_t, alpha_prev, eta, guidance_scale, clip_range,
+    seed_lo, seed_hi, offset_lo, offset_hi, seed_ptr, offset_ptr,
     KIND: tl.constexpr, PRED: tl.constexpr, VT: tl.constexpr, NOISE_MODE: tl.constexpr, WITH_NOISE: tl.constexpr,
     NEED_Z: tl.constexpr, NOISE_SRC: tl.constexpr, AT_MODE: tl.constexpr, AP_MODE: tl.constexpr,
     GUIDANCE: tl.constexpr, LEARNED: tl.constexpr, CLIP: tl.constexpr, USE_CLIPPED: tl.constexpr,
@@ -36,8 +37,8 @@ def _diffusion_step_backward_kernel(
     idx = row[:, None] * VEC + col[None, :]
     mask = idx < n
     PER_SAMPLE: tl.constexpr = AT_MODE == 2 or AP_MODE == 2 or LEARNED
-    if PER_SAMPLE:
-        b = idx // inner
+    if PER_SAMPLE:  # idx // inner without a division per element (one per program)
+        b = _sample_of(idx, pid * BLOCK_R * VEC, inner, 1.0 / inner.to(tl.float32))
     else:
         b = 0
 
@@ -56,8 +57,8 @@ def _diffusion_step_backward_kernel(
         c = tl.load(cond_ptr + midx, mask=mask, other=0.0).to(tl.float32)
         m = m + guidance_scale * (c - m)
 
-    a_t = _load_alpha(alpha_t, at_ptr, b, mask, AT_MODE)
-    a_p = _load_alpha(alpha_prev, ap_ptr, b, mask, AP_MODE)
+    a_t = _load_alpha(alpha_t, at_ptr, b, mask, False, AT_MODE)
+    a_p = _load_alpha(alpha_prev, ap_ptr, b, mask, False, AP_MODE)
     beta_t = 1.0 - a_t
     sa = _sqrt(a_t)
     sb = _sqrt(beta_t)
@@ -122,11 +123,11 @@ def _diffusion_step_backward_kernel(
                     if NOISE_SRC == 1:
                         z = tl.load(noise_ptr + idx, mask=mask, other=0.0).to(tl.float32)
                     else:
-                        s_seed, s_off = load_stream_args(seed, offset, seed_ptr, offset_ptr, SEED_FROM_PTR,
-                                                         OFFSET_FROM_PTR)
+                        k0, k1, c2, c3 = stream_key(seed_lo, seed_hi, offset_lo, offset_hi, seed_ptr, offset_ptr,
+                                                    SEED_FROM_PTR, OFFSET_FROM_PTR)
                         z = tl.zeros((BLOCK_R, VEC), dtype=tl.float32)
                         for cpr in tl.static_range(CPR):
-                            n0, n1, n2, n3 = normal4(s_seed, s_off, row * CPR + cpr)
+                            n0, n1, n2, n3 = normal4(k0, k1, c2, c3, row * CPR + cpr)
                             z = tl.where(col[None, :] == 4 * cpr + 0, n0[:, None], z)
                             z = tl.where(col[None, :] == 4 * cpr + 1, n1[:, None], z)
                             z = tl.where(col[None, :] == 4 * cpr + 2, n2[:, None], z)
@@ -204,15 +205,12 @@ def diffusion_step_backward_triton(a, grad_prev, grad_x0, g_sample, g_model, g_c
         a.alpha_prev_tensor if a.alpha_prev_tensor is not None else sample,
         n, inner, float(a.alpha_t), float(a.alpha_prev), float(a.eta), float(a.guidance_scale),
         float(a.clip_range or 0.0),
-        stream.seed if stream else 0, stream.offset if stream else 0,
-        stream.seed_tensor if stream and stream.seed_tensor is not None else sample,
-        stream.offset_tensor if stream and stream.offset_tensor is not None else sample,
+        **stream_kwargs(stream.seed if stream else 0, stream.offset if stream else 0,
+                        stream.seed_tensor if stream else None, stream.offset_tensor if stream else None, sample),
         KIND=a.kind, PRED=a.prediction_type, VT=a.variance_type, NOISE_MODE=a.noise_mode, WITH_NOISE=with_noise,
         NEED_Z=need_z, NOISE_SRC=a.noise_src if need_z else 0, AT_MODE=_alpha_mode(a.alpha_t_tensor),
         AP_MODE=_alpha_mode(a.alpha_prev_tensor), GUIDANCE=a.cond_output is not None, LEARNED=learned,
         CLIP=a.clip_range is not None, USE_CLIPPED=bool(a.use_clipped) and a.kind == 0, HAS_GX0=grad_x0 is not None,
         WANT_X=g_sample is not None, WANT_M=want_m, WANT_Z=g_noise is not None,
-        SEED_FROM_PTR=stream is not None and stream.seed_tensor is not None,
-        OFFSET_FROM_PTR=stream is not None and stream.offset_tensor is not None,
         CPR=cpr, BLOCK_R=block_r, num_warps=4,
     )
