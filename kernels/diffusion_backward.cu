@@ -33,7 +33,7 @@ __device__ __forceinline__ void load_floats(const T* __restrict__ ptr, int64_t i
     alignas(16) T buf[kG];
 #pragma unroll
     for (int k = 0; k < kG * static_cast<int>(sizeof(T)) / 16; ++k)
-      reinterpret_cast<uint4*>(buf)[k] = __ldg(reinterpret_cast<const uint4*>(ptr + i) + k);
+      reinterpret_cast<uint4*>(buf)[k] = load_global16(reinterpret_cast<const uint4*>(ptr + i) + k);
 #pragma unroll
     for (int k = 0; k < kG; ++k) dst[k] = to_f32<T>(buf[k]);
   } else {
@@ -52,7 +52,7 @@ __device__ __forceinline__ void store_floats(T* __restrict__ ptr, int64_t i, int
     for (int k = 0; k < kG; ++k) buf[k] = from_f32<T>(scale * src[k]);
 #pragma unroll
     for (int k = 0; k < kG * static_cast<int>(sizeof(T)) / 16; ++k)
-      reinterpret_cast<uint4*>(ptr + i)[k] = reinterpret_cast<const uint4*>(buf)[k];
+      store_global16(reinterpret_cast<uint4*>(ptr + i) + k, reinterpret_cast<const uint4*>(buf)[k]);
   } else {
 #pragma unroll
     for (int k = 0; k < kG; ++k)
@@ -73,7 +73,9 @@ __device__ __forceinline__ StepCoeffs coeffs_of(const StepParams& p, const float
 // aligned: every tensor pointer is 16-byte aligned (the noise's separately: noise_vec also needs the
 // noise in the sample's dtype).
 template <typename T, int kCPR>
-__global__ void __launch_bounds__(256) diffusion_step_backward_kernel(const StepBackwardParams q, bool aligned,
+// (256, 2): two blocks per SM, i.e. up to 128 registers; with (256) ptxas held the fp32 variant at 80 and
+// spilled around the divide/sqrt slow-path calls of the coefficient prologue on sm_80 (codegen gate).
+__global__ void __launch_bounds__(256, 2) diffusion_step_backward_kernel(const StepBackwardParams q, bool aligned,
                                                                       bool noise_vec) {
   constexpr int kG = 4 * kCPR;
   const StepParams& p = q.fwd;
@@ -181,7 +183,8 @@ __global__ void __launch_bounds__(256) diffusion_step_backward_kernel(const Step
         ++b;
         c = coeffs_of(p, at_ptr, ap_ptr, b);
       }
-      const StepElementGrads e = step_element_backward(p, c, x[k], m[k], v[k], z[k], with_noise, gp[k], gx0[k]);
+      const StepElementGrads e =
+          step_element_backward<ReciprocalMultiply>(p, c, x[k], m[k], v[k], z[k], with_noise, gp[k], gx0[k]);
       gx[k] = e.x;
       gm[k] = e.m;
       gv[k] = e.v;
@@ -234,8 +237,8 @@ void launch(const StepBackwardParams& q, cudaStream_t stream, int device) {
                        aligned16(q.grad_x0) && aligned16(q.grad_sample) && aligned16(q.grad_model) &&
                        aligned16(q.grad_cond) && aligned16(q.grad_noise);
   const bool noise_vec = p.noise_src == kSrcTensor && p.noise_dtype == p.dtype && aligned16(p.noise);
-  diffusion_step_backward_kernel<T, kCPR><<<grid_for(groups, kThreads, device), kThreads, 0, stream>>>(q, aligned,
-                                                                                                       noise_vec);
+  GF_LAUNCH_KERNEL((diffusion_step_backward_kernel<T, kCPR>), grid_for(groups, kThreads, device), kThreads, 0,
+                   stream)(q, aligned, noise_vec);
   check_launch("diffusion_step_backward_kernel");
 }
 

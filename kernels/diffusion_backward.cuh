@@ -34,21 +34,23 @@ GF_HD bool step_backward_needs_noise(const StepParams& p) {
 }
 
 // d prev / d (each input) times the incoming gradients gp (of prev) and gx0 (of pred_original_sample).
+// Div: as in step_element (the CPU divides, the CUDA kernel multiplies by the per-sample reciprocals).
+template <typename Div = ExactDivision>
 GF_HD StepElementGrads step_element_backward(const StepParams& p, const StepCoeffs& c, float x, float m, float v,
                                              float z, bool with_noise, float gp, float gx0) {
   StepElementGrads g{0.0f, 0.0f, 0.0f, 0.0f};
-  const float x0 = step_x0(p.prediction_type, c, x, m);
+  const float x0 = step_x0<Div>(p.prediction_type, c, x, m);
   float g_x0c;  // gradient reaching the clipped x0
   if (p.kind == kDDIM) {
     if (p.use_clipped) {  // eps = (x - sa * x0c) / sb
-      g_x0c = gp * (c.sap - c.dir * c.sa / c.sb) + gx0;
-      g.x = gp * c.dir / c.sb;
+      g_x0c = gp * (c.sap - c.dir * Div::div(c.sa, c.sb, c.inv_sb)) + gx0;
+      g.x = gp * Div::div(c.dir, c.sb, c.inv_sb);
     } else {
       g_x0c = gp * c.sap + gx0;
       const float g_eps = gp * c.dir;
       switch (p.prediction_type) {
         case kEpsilon: g.m = g_eps; break;
-        case kSample: g.x = g_eps / c.sb; g.m = -g_eps * c.sa / c.sb; break;  // eps = (x - sa * m) / sb
+        case kSample: g.x = Div::div(g_eps, c.sb, c.inv_sb); g.m = -g_eps * Div::div(c.sa, c.sb, c.inv_sb); break;  // eps = (x - sa * m) / sb
         default: g.m = g_eps * c.sa; g.x = g_eps * c.sb; break;                  // eps = sa * m + sb * x
       }
     }
@@ -63,7 +65,7 @@ GF_HD StepElementGrads step_element_backward(const StepParams& p, const StepCoef
         std = r * c.mask;
         g.v = gp * z * c.mask * 0.5f / r;
       } else if (p.variance_type == kLearnedRange) {  // std = exp((frac lb + (1 - frac) lv) / 2) * mask
-        const float frac = (v + 1.0f) / 2.0f;
+        const float frac = (v + 1.0f) * 0.5f;  // exact: the same as / 2
         const float e = expf(0.5f * (frac * c.log_beta + (1.0f - frac) * c.log_var));
         std = e * c.mask;
         g.v = gp * z * c.mask * e * 0.25f * (c.log_beta - c.log_var);
@@ -74,7 +76,7 @@ GF_HD StepElementGrads step_element_backward(const StepParams& p, const StepCoef
   // torch.clamp's gradient: passed where lo <= x0 <= hi (bounds included), zero elsewhere and for NaN.
   const float g_x0 = (!p.clip || (x0 >= -p.clip_range && x0 <= p.clip_range)) ? g_x0c : 0.0f;
   switch (p.prediction_type) {
-    case kEpsilon: g.x += g_x0 / c.sa; g.m -= g_x0 * c.sb / c.sa; break;  // x0 = (x - sb m) / sa
+    case kEpsilon: g.x += Div::div(g_x0, c.sa, c.inv_sa); g.m -= g_x0 * Div::div(c.sb, c.sa, c.inv_sa); break;  // x0 = (x - sb m) / sa
     case kSample: g.m += g_x0; break;                                      // x0 = m
     default: g.x += g_x0 * c.sa; g.m -= g_x0 * c.sb; break;                // x0 = sa x - sb m
   }
