@@ -40,7 +40,7 @@ class Fuzz:
         dims = int(self.rng.integers(min_dim, max_dim + 1))
         sizes = [1, 2, 3, 4, 5, 7, 8, 13, 16, 17, 31, 33]
         shape = [self.pick(sizes) for _ in range(dims)]
-        if self.chance(0.05):
+        if self.chance(0.05) and dims > 0:  # (a 0-dim shape has no dimension to empty)
             shape[int(self.rng.integers(dims))] = 0  # empty
         if self.chance(0.1) and dims >= 2:
             shape[-1] = self.pick([129, 257, 1031])  # crosses vector groups and blocks
