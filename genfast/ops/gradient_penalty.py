@@ -204,9 +204,10 @@ def _(launch, grad, weight, center, mode, penalty, norms):
                _ext.dtype_code(grad), float(weight), float(center), mode)
         return
     # The one-launch reduction's scratch, per call (so launches on two streams never share it, and a
-    # CUDA graph captures its allocation): <= max(B, 1024) fp32 partials and a zeroed ticket counter.
+    # CUDA graph captures its allocation): <= max(B, 1024) fp32 partials and a ticket counter, which the
+    # launcher zeroes with cudaMemsetAsync on the stream before the kernel.
     partials = torch.empty(max(b, 1024), dtype=torch.float32, device=grad.device)
-    counter = torch.zeros(1, dtype=torch.int32, device=grad.device)
+    counter = torch.empty(1, dtype=torch.int32, device=grad.device)
     launch("gp_norm_penalty", grad.data_ptr(), norms.data_ptr(), penalty.data_ptr(), partials.data_ptr(),
            partials.numel(), counter.data_ptr(), b, row, _ext.dtype_code(grad), float(weight), float(center), mode)
 
