@@ -36,7 +36,6 @@ from __future__ import annotations
 import math
 from typing import NamedTuple, Optional, Sequence
 
-import numpy as np
 import torch
 
 from genfast import _backend, _ext
@@ -75,8 +74,39 @@ class StepCoefficients(NamedTuple):
         return self.pre_noise != 0.0 or self.c_noise != 0.0
 
 
-def _f(v) -> float:
-    return float(v)
+# IEEE-754 arithmetic on Python floats (as torch computes it: a zero sigma gives an infinite log-SNR, an
+# overflow gives inf), in plain `math` so torch.compile traces it as constants.
+_INF = math.inf
+
+
+def _div(a: float, b: float) -> float:
+    if b == 0.0:
+        if a == 0.0 or a != a:
+            return math.nan
+        return math.copysign(_INF, a) * math.copysign(1.0, b)
+    return a / b
+
+
+def _log(v: float) -> float:
+    if v != v or v < 0.0:
+        return math.nan
+    return math.log(v) if v > 0.0 else -_INF
+
+
+def _exp(v: float) -> float:
+    if v != v:
+        return v
+    return math.exp(v) if v < 709.0 else _INF
+
+
+def _expm1(v: float) -> float:
+    if v != v:
+        return v
+    return math.expm1(v) if v < 709.0 else _INF
+
+
+def _sqrt(v: float) -> float:
+    return math.sqrt(v) if v >= 0.0 else math.nan
 
 
 def euler_coefficients(sigma: float, sigma_next: float, prediction_type: str = "epsilon", gamma: float = 0.0,
@@ -84,34 +114,32 @@ def euler_coefficients(sigma: float, sigma_next: float, prediction_type: str = "
     """diffusers' EulerDiscreteScheduler.step: sigma_hat = sigma * (gamma + 1); with gamma > 0 the sample
     first gets noise of std s_noise * sqrt(sigma_hat^2 - sigma^2) ("churn"); then
     prev = xs + (xs - x0) / sigma_hat * (sigma_next - sigma_hat)."""
-    with np.errstate(all="ignore"):
-        sigma, sigma_next = np.float64(sigma), np.float64(sigma_next)
-        sigma_hat = sigma * (np.float64(gamma) + 1)
-        pre = np.float64(s_noise) * np.sqrt(sigma_hat ** 2 - sigma ** 2) if gamma > 0 else np.float64(0.0)
-        conv_x, conv_m = _x0_conversion(prediction_type, sigma, sigma_hat)
-        k = (sigma_next - sigma_hat) / sigma_hat
-    return StepCoefficients(c_x=_f(1 + k), c_0=_f(-k), pre_noise=_f(pre), conv_x=_f(conv_x), conv_m=_f(conv_m))
+    sigma, sigma_next, gamma = float(sigma), float(sigma_next), float(gamma)
+    sigma_hat = sigma * (gamma + 1.0)
+    pre = float(s_noise) * _sqrt(sigma_hat * sigma_hat - sigma * sigma) if gamma > 0 else 0.0
+    conv_x, conv_m = _x0_conversion(prediction_type, sigma, sigma_hat)
+    k = _div(sigma_next - sigma_hat, sigma_hat)
+    return StepCoefficients(c_x=1.0 + k, c_0=-k, pre_noise=pre, conv_x=conv_x, conv_m=conv_m)
 
 
 def euler_ancestral_coefficients(sigma: float, sigma_next: float,
                                  prediction_type: str = "epsilon") -> StepCoefficients:
     """diffusers' EulerAncestralDiscreteScheduler.step: sigma_up = sqrt(s'^2 (s^2 - s'^2) / s^2),
     sigma_down = sqrt(s'^2 - sigma_up^2), prev = x + (x - x0) / s * (sigma_down - s) + sigma_up * z."""
-    with np.errstate(all="ignore"):
-        s, s_to = np.float64(sigma), np.float64(sigma_next)
-        sigma_up = np.sqrt(s_to ** 2 * (s ** 2 - s_to ** 2) / s ** 2)
-        sigma_down = np.sqrt(max(s_to ** 2 - sigma_up ** 2, 0.0))
-        conv_x, conv_m = _x0_conversion(prediction_type, s, s)
-        k = (sigma_down - s) / s
-    return StepCoefficients(c_x=_f(1 + k), c_0=_f(-k), c_noise=_f(sigma_up), conv_x=_f(conv_x), conv_m=_f(conv_m))
+    s, s_to = float(sigma), float(sigma_next)
+    sigma_up = _sqrt(_div(s_to * s_to * (s * s - s_to * s_to), s * s))
+    sigma_down = _sqrt(max(s_to * s_to - sigma_up * sigma_up, 0.0)) if sigma_up == sigma_up else math.nan
+    conv_x, conv_m = _x0_conversion(prediction_type, s, s)
+    k = _div(sigma_down - s, s)
+    return StepCoefficients(c_x=1.0 + k, c_0=-k, c_noise=sigma_up, conv_x=conv_x, conv_m=conv_m)
 
 
-def _x0_conversion(prediction_type: str, sigma, sigma_hat):
+def _x0_conversion(prediction_type: str, sigma: float, sigma_hat: float):
     """x0 = conv_x * x + conv_m * m for Euler's (unscaled) sample at noise level sigma."""
-    if prediction_type in ("epsilon",):
+    if prediction_type == "epsilon":
         return 1.0, -sigma_hat
     if prediction_type == "v_prediction":
-        return 1.0 / (sigma ** 2 + 1), -sigma / np.sqrt(sigma ** 2 + 1)
+        return _div(1.0, sigma * sigma + 1.0), _div(-sigma, _sqrt(sigma * sigma + 1.0))
     if prediction_type in ("sample", "original_sample"):
         return 0.0, 1.0
     raise ValueError(f"prediction_type: must be one of epsilon, v_prediction, sample, got {prediction_type!r}")
@@ -122,12 +150,12 @@ SOLVER_TYPES = ("midpoint", "heun")
 DPM_PREDICTION_TYPES = ("epsilon", "sample", "v_prediction", "flow_prediction")
 
 
-def dpm_alpha_sigma(sigma, flow: bool = False):
-    """(alpha_t, sigma_t) of a Karras sigma (or of a flow-matching sigma), float64."""
-    sigma = np.float64(sigma)
+def dpm_alpha_sigma(sigma: float, flow: bool = False) -> tuple[float, float]:
+    """(alpha_t, sigma_t) of a Karras sigma (or of a flow-matching sigma)."""
+    sigma = float(sigma)
     if flow:
         return 1.0 - sigma, sigma
-    alpha = 1.0 / np.sqrt(sigma ** 2 + 1)
+    alpha = _div(1.0, _sqrt(sigma * sigma + 1.0))
     return alpha, sigma * alpha
 
 
@@ -146,74 +174,72 @@ def dpm_solver_coefficients(sigmas: Sequence[float], algorithm_type: str = "dpms
     data = algorithm_type in ("dpmsolver++", "sde-dpmsolver++")
     if order == 3 and algorithm_type == "sde-dpmsolver":
         raise ValueError("algorithm_type: sde-dpmsolver has no third-order update (use solver_order <= 2)")
-    with np.errstate(all="ignore"):
-        pairs = [dpm_alpha_sigma(s, flow_sigmas) for s in sigmas]
-        lambdas = [np.log(a) - np.log(s) for a, s in pairs]
-        alpha_t, sigma_t = pairs[0]
-        alpha_s0, sigma_s0 = pairs[1]
-        h = lambdas[0] - lambdas[1]
-        em1 = np.expm1(-h)        # e^{-h} - 1
-        ep1 = np.expm1(h)         # e^{h} - 1
-        em2 = -np.expm1(-2.0 * h)  # 1 - e^{-2h}
-        c_noise = 0.0
-        e1 = e2 = 0.0
-        if algorithm_type == "dpmsolver++":
-            c_x = sigma_t / sigma_s0
-            e0 = -alpha_t * em1
-            if order == 2:
-                e1 = -0.5 * alpha_t * em1 if solver_type == "midpoint" else alpha_t * (em1 / h + 1.0)
-            elif order == 3:
-                e1 = alpha_t * (em1 / h + 1.0)
-                e2 = -alpha_t * ((em1 + h) / h ** 2 - 0.5)
-        elif algorithm_type == "dpmsolver":
-            c_x = alpha_t / alpha_s0
-            e0 = -sigma_t * ep1
-            if order == 2:
-                e1 = -0.5 * sigma_t * ep1 if solver_type == "midpoint" else -sigma_t * (ep1 / h - 1.0)
-            elif order == 3:
-                e1 = -sigma_t * (ep1 / h - 1.0)
-                e2 = -sigma_t * ((ep1 - h) / h ** 2 - 0.5)
-        elif algorithm_type == "sde-dpmsolver++":
-            c_x = sigma_t / sigma_s0 * np.exp(-h)
-            e0 = alpha_t * em2
-            c_noise = sigma_t * np.sqrt(em2)
-            if order == 2:
-                e1 = 0.5 * alpha_t * em2 if solver_type == "midpoint" else alpha_t * (em2 / (-2.0 * h) + 1.0)
-            elif order == 3:
-                e1 = alpha_t * (em2 / (-2.0 * h) + 1.0)
-                e2 = alpha_t * ((em2 - 2.0 * h) / (2.0 * h) ** 2 - 0.5)
-        else:  # sde-dpmsolver
-            c_x = alpha_t / alpha_s0
-            e0 = -2.0 * sigma_t * ep1
-            c_noise = sigma_t * np.sqrt(np.expm1(2.0 * h))
-            if order == 2:
-                e1 = -sigma_t * ep1 if solver_type == "midpoint" else -2.0 * sigma_t * (ep1 / h - 1.0)
-        # D1, D2 in terms of A = m0 - m1 and B = m1 - m2 (the kernel's history differences)
-        c_1 = c_2 = 0.0
+    pairs = [dpm_alpha_sigma(s, flow_sigmas) for s in sigmas]
+    lambdas = [_log(a) - _log(s) for a, s in pairs]
+    alpha_t, sigma_t = pairs[0]
+    alpha_s0, sigma_s0 = pairs[1]
+    h = lambdas[0] - lambdas[1]
+    em1 = _expm1(-h)          # e^{-h} - 1
+    ep1 = _expm1(h)           # e^{h} - 1
+    em2 = -_expm1(-2.0 * h)   # 1 - e^{-2h}
+    c_noise = e1 = e2 = 0.0
+    if algorithm_type == "dpmsolver++":
+        c_x = _div(sigma_t, sigma_s0)
+        e0 = -alpha_t * em1
         if order == 2:
-            r0 = (lambdas[1] - lambdas[2]) / h
-            c_1 = e1 / r0
+            e1 = -0.5 * alpha_t * em1 if solver_type == "midpoint" else alpha_t * (_div(em1, h) + 1.0)
         elif order == 3:
-            r0 = (lambdas[1] - lambdas[2]) / h
-            r1 = (lambdas[2] - lambdas[3]) / h
-            c_1 = e1 / r0 * (1.0 + r0 / (r0 + r1)) + e2 / (r0 * (r0 + r1))
-            c_2 = -e1 / r1 * (r0 / (r0 + r1)) - e2 / (r1 * (r0 + r1))
-        conv = _dpm_conversion(prediction_type, data, alpha_s0, sigma_s0, np.float64(sigmas[1]))
-        if data:
-            to_x0 = from_x0 = (0.0, 1.0)
-        else:  # thresholding of epsilon goes through x0 = (x - sigma eps) / alpha and back
-            to_x0 = (1.0 / alpha_s0, -sigma_s0 / alpha_s0)
-            from_x0 = (1.0 / sigma_s0, -alpha_s0 / sigma_s0)
-    return StepCoefficients(c_x=_f(c_x), c_0=_f(e0), c_1=_f(c_1), c_2=_f(c_2), c_noise=_f(c_noise),
-                            conv_x=_f(conv[0]), conv_m=_f(conv[1]), to_x0_x=_f(to_x0[0]), to_x0_c=_f(to_x0[1]),
-                            from_x0_x=_f(from_x0[0]), from_x0_c=_f(from_x0[1]), history=order - 1)
+            e1 = alpha_t * (_div(em1, h) + 1.0)
+            e2 = -alpha_t * (_div(em1 + h, h * h) - 0.5)
+    elif algorithm_type == "dpmsolver":
+        c_x = _div(alpha_t, alpha_s0)
+        e0 = -sigma_t * ep1
+        if order == 2:
+            e1 = -0.5 * sigma_t * ep1 if solver_type == "midpoint" else -sigma_t * (_div(ep1, h) - 1.0)
+        elif order == 3:
+            e1 = -sigma_t * (_div(ep1, h) - 1.0)
+            e2 = -sigma_t * (_div(ep1 - h, h * h) - 0.5)
+    elif algorithm_type == "sde-dpmsolver++":
+        c_x = _div(sigma_t, sigma_s0) * _exp(-h)
+        e0 = alpha_t * em2
+        c_noise = sigma_t * _sqrt(em2)
+        if order == 2:
+            e1 = 0.5 * alpha_t * em2 if solver_type == "midpoint" else alpha_t * (_div(em2, -2.0 * h) + 1.0)
+        elif order == 3:
+            e1 = alpha_t * (_div(em2, -2.0 * h) + 1.0)
+            e2 = alpha_t * (_div(em2 - 2.0 * h, (2.0 * h) * (2.0 * h)) - 0.5)
+    else:  # sde-dpmsolver
+        c_x = _div(alpha_t, alpha_s0)
+        e0 = -2.0 * sigma_t * ep1
+        c_noise = sigma_t * _sqrt(_expm1(2.0 * h))
+        if order == 2:
+            e1 = -sigma_t * ep1 if solver_type == "midpoint" else -2.0 * sigma_t * (_div(ep1, h) - 1.0)
+    # D1, D2 in terms of A = m0 - m1 and B = m1 - m2 (the kernel's history differences)
+    c_1 = c_2 = 0.0
+    if order == 2:
+        r0 = _div(lambdas[1] - lambdas[2], h)
+        c_1 = _div(e1, r0)
+    elif order == 3:
+        r0 = _div(lambdas[1] - lambdas[2], h)
+        r1 = _div(lambdas[2] - lambdas[3], h)
+        c_1 = _div(e1, r0) * (1.0 + _div(r0, r0 + r1)) + _div(e2, r0 * (r0 + r1))
+        c_2 = -_div(e1, r1) * _div(r0, r0 + r1) - _div(e2, r1 * (r0 + r1))
+    conv = _dpm_conversion(prediction_type, data, alpha_s0, sigma_s0, float(sigmas[1]))
+    if data:
+        to_x0 = from_x0 = (0.0, 1.0)
+    else:  # thresholding of epsilon goes through x0 = (x - sigma eps) / alpha and back
+        to_x0 = (_div(1.0, alpha_s0), _div(-sigma_s0, alpha_s0))
+        from_x0 = (_div(1.0, sigma_s0), _div(-alpha_s0, sigma_s0))
+    return StepCoefficients(c_x=c_x, c_0=e0, c_1=c_1, c_2=c_2, c_noise=c_noise, conv_x=conv[0], conv_m=conv[1],
+                            to_x0_x=to_x0[0], to_x0_c=to_x0[1], from_x0_x=from_x0[0], from_x0_c=from_x0[1],
+                            history=order - 1)
 
 
-def _dpm_conversion(prediction_type: str, data: bool, alpha, sigma, raw_sigma):
+def _dpm_conversion(prediction_type: str, data: bool, alpha: float, sigma: float, raw_sigma: float):
     """diffusers' convert_model_output as (conv_x, conv_m): x0 (data prediction) or epsilon."""
     if data:
         if prediction_type == "epsilon":
-            return 1.0 / alpha, -sigma / alpha
+            return _div(1.0, alpha), _div(-sigma, alpha)
         if prediction_type == "sample":
             return 0.0, 1.0
         if prediction_type == "v_prediction":
@@ -224,7 +250,7 @@ def _dpm_conversion(prediction_type: str, data: bool, alpha, sigma, raw_sigma):
         if prediction_type == "epsilon":
             return 0.0, 1.0
         if prediction_type == "sample":
-            return 1.0 / sigma, -alpha / sigma
+            return _div(1.0, sigma), _div(-alpha, sigma)
         if prediction_type == "v_prediction":
             return sigma, alpha
     raise ValueError(f"prediction_type: must be one of epsilon, sample, v_prediction"
