@@ -277,15 +277,21 @@ class DPMSolverMultistepScheduler(SigmaMethods, SchedulerMixin, ConfigMixin):
         history = [h if h.dtype == x.dtype else h.to(x.dtype) for h in history]
         prev, converted = sampler_step(x, model, co, history=history, thresholding=self._thresholding(), noise=noise,
                                        seed=seed, offset=offset)
-        if converted.dtype != model_output.dtype and model_output.dtype != sample.dtype:
-            converted = converted.to(torch.promote_types(model_output.dtype, sample.dtype))
+        # diffusers' dtypes: the converted output is the model output's, promoted with the sample's where the
+        # conversion involves the sample; prev_sample is cast to the converted output's dtype
+        out_dtype = model_output.dtype
+        if model_output.dtype != sample.dtype and (co.conv_x != 0.0 or (
+                self.config.thresholding and (co.to_x0_x != 0.0 or co.from_x0_x != 0.0))):
+            out_dtype = torch.promote_types(model_output.dtype, sample.dtype)
+        if converted.dtype != out_dtype:
+            converted = converted.to(out_dtype)
         for k in range(self.config.solver_order - 1):
             outputs[k] = outputs[k + 1]
         outputs[-1] = converted
         if self.lower_order_nums < self.config.solver_order:
             self.lower_order_nums += 1
-        if prev.dtype != model_output.dtype:
-            prev = prev.to(model_output.dtype)
+        if prev.dtype != out_dtype:
+            prev = prev.to(out_dtype)
         self._step_index += 1
         if not return_dict:
             return (prev,)
