@@ -82,7 +82,8 @@ BETAS = ["linear", "scaled_linear", "squaredcos_cap_v2"]
 SPACINGS = [("leading", 0), ("leading", 1), ("trailing", 0), ("linspace", 0)]
 PREDICTIONS = ["epsilon", "sample", "v_prediction"]
 CLIPS = [dict(clip_sample=False), dict(clip_sample=True, clip_sample_range=1.5), dict(thresholding=True,
-                                                                                       sample_max_value=2.0)]
+                                                                                       sample_max_value=2.0),
+         dict(thresholding=True, sample_max_value=0.6, dynamic_thresholding_ratio=0.9)]  # max < 1: the unfused path
 
 
 @pytest.mark.parametrize("beta_schedule", BETAS)
@@ -103,7 +104,7 @@ def test_ddim_matches_diffusers(beta_schedule, spacing, offset, prediction_type,
     _run_both(ref, ours, 4, eta=eta, use_clipped=use_clipped)
 
 
-VARIANCES = ["fixed_small", "fixed_small_log", "fixed_large", "learned", "learned_range"]
+VARIANCES = ["fixed_small", "fixed_small_log", "fixed_large", "learned", "learned_range", "custom_passed_through"]
 
 
 @pytest.mark.parametrize("beta_schedule", BETAS + ["sigmoid"])
@@ -258,15 +259,15 @@ def test_bad_input_names_the_argument():
     with pytest.raises(ValueError, match="model_output"):
         s.step(torch.randn(2, 3, 6, 6), 10, x)
     with pytest.raises(TypeError, match="model_output"):
-        s.step(x.half(), 10, x)
+        s.step(x.long(), 10, x)
     with pytest.raises(TypeError, match="model_output"):
         s.step(x.numpy(), 10, x)
     p = gs.DDPMScheduler()
     p.set_timesteps(10)
     with pytest.raises(ValueError, match="timestep"):
         p.step(x, 5, x)  # not one of the inference timesteps
-    with pytest.raises(ValueError, match="variance_type"):
-        gs.DDPMScheduler(variance_type="bogus")
+    with pytest.raises(ValueError, match="beta_schedule"):
+        gs.DDPMScheduler(beta_schedule="bogus")
     q = gs.DDPMScheduler(variance_type="learned_range")
     with pytest.raises(ValueError, match="model_output"):
         q.step(x, 5, x)
@@ -382,3 +383,39 @@ def test_device_timestep_branch_matches_diffusers(kind):
         # a timestep outside the schedule gives NaN (no host check is possible without a sync)
         bad = ours.step(torch.randn(SHAPE), torch.tensor(100), x, generator=torch.Generator()).prev_sample
         assert torch.isnan(bad).all()
+
+
+@pytest.mark.parametrize("cfg,eta", [(dict(clip_sample=True, clip_sample_range=0.0), 0.0),
+                                     (dict(clip_sample=False), -0.5),
+                                     (dict(thresholding=True, sample_max_value=0.5), 0.7)])
+def test_ddim_values_the_op_refuses_match_diffusers(cfg, eta):
+    """Values diffusers accepts that the fused op does not (clip range 0, negative eta, thresholding
+    max below 1) run through the unfused path, with diffusers' results."""
+    ref = diffusers.DDIMScheduler(num_train_timesteps=100, **cfg)
+    ours = gs.DDIMScheduler.from_config(ref.config)
+    _run_both(ref, ours, 4, eta=eta)
+
+
+@pytest.mark.parametrize("cfg", [dict(thresholding=True, sample_max_value=0.5, variance_type="fixed_small_log"),
+                                 dict(thresholding=True, sample_max_value=0.8, variance_type="learned_range")])
+def test_ddpm_values_the_op_refuses_match_diffusers(cfg):
+    ref = diffusers.DDPMScheduler(num_train_timesteps=100, **cfg)
+    ours = gs.DDPMScheduler.from_config(ref.config)
+    learned = cfg["variance_type"].startswith("learned")
+    _run_both(ref, ours, 4, channels_out=6 if learned else 3)
+
+
+@pytest.mark.parametrize("cls", ["DDIMScheduler", "DDPMScheduler"])
+def test_mixed_and_half_dtypes(cls):
+    """fp16 model output with an fp32 sample: promoted as diffusers' arithmetic promotes it."""
+    ref, ours = getattr(diffusers, cls)(num_train_timesteps=100), getattr(gs, cls)(num_train_timesteps=100)
+    for s in (ref, ours):
+        s.set_timesteps(5)
+    x, m = torch.randn(SHAPE), torch.randn(SHAPE).half()
+    for t in ref.timesteps[:2]:
+        a = ref.step(m, t, x, generator=torch.Generator().manual_seed(2))
+        b = ours.step(m, t, x, generator=torch.Generator().manual_seed(2))
+        assert a.prev_sample.dtype == b.prev_sample.dtype == torch.float32
+        # diffusers rounds sqrt(1 - a_t) * model_output to fp16 (a 0-dim fp32 tensor times an fp16 tensor);
+        # genfast computes in fp32: they agree to fp16's precision
+        assert _rel_err(b.prev_sample, a.prev_sample) <= 1e-3
