@@ -106,6 +106,7 @@ def _cases():
     cases = [
         dict(co=ss.euler_coefficients(3.0, 2.1)),
         dict(co=ss.euler_coefficients(3.0, 2.1, "v_prediction", gamma=0.2, s_noise=1.003), noise="stream"),
+        dict(co=ss.euler_coefficients(3.0, 2.1, gamma=0.3), noise="tensor", thresh=(0.8, 1.7)),
         dict(co=ss.euler_coefficients(1.5, 0.0, "sample"), guidance=2.5, aux=torch.float32),
         dict(co=ss.euler_ancestral_coefficients(2.0, 1.4), noise="stream", aux=torch.float32),
         dict(co=ss.euler_ancestral_coefficients(2.0, 1.4, "v_prediction"), noise="tensor", guidance=4.0),
@@ -294,8 +295,6 @@ def test_bad_input():
         (lambda: sampler_step(x, m, (1.0, 0.0)), TypeError, "coefficients"),
         (lambda: sampler_step(x, m, co2._replace(history=4)), ValueError, "coefficients.history"),
         (lambda: sampler_step(x, m, co2, history=[m], aux_dtype=torch.float16), TypeError, "aux_dtype"),
-        (lambda: sampler_step(x, m, ss.euler_coefficients(2.0, 1.0, gamma=0.5), thresholding=THRESH), ValueError,
-         "thresholding"),
         (lambda: sampler_step(x.long(), m, co2, history=[m]), TypeError, "sample"),
     ]
     for fn, exc, name in cases:

@@ -29,7 +29,8 @@ runs precomputed coefficients (what the schedulers do: their coefficients are ca
   one-element device tensors (CUDA-graph replay). No noise is drawn where its coefficients are 0.
 * dtypes: fp32/fp16/bf16 (fp32 arithmetic inside, outputs in the input dtype; the converted output may be
   asked for in float32, as diffusers' Euler returns pred_original_sample); float64 runs on the reference.
-  No host sync anywhere. Thresholding takes two launches plus a selection (a per-sample quantile).
+  No host sync anywhere. Thresholding takes two launches plus a selection (a per-sample quantile), except
+  with sample_max_value <= 1, where the scale is that constant (1: clipping x0 to [-1, 1]): one launch.
 """
 from __future__ import annotations
 
@@ -333,8 +334,6 @@ class SamplerStepArgs(NamedTuple):
             raise TypeError(f"{OP}: aux_dtype must be sample's dtype or float32, got {self.aux_dtype}")
         if self.threshold_ratio is not None and not 0.0 <= self.threshold_ratio <= 1.0:
             raise ValueError(f"{OP}: threshold_ratio must lie in [0, 1], got {self.threshold_ratio}")
-        if self.threshold_ratio is not None and self.pre_noise != 0.0:
-            raise ValueError(f"{OP}: thresholding with pre-update noise is not a step of any sampler here")
         noise = self.noise
         if self.noise_src == NOISE_TENSOR:
             if noise is None:
@@ -467,6 +466,24 @@ def _threshold_bounds(a: SamplerStepArgs):
     return (lo.contiguous(), hi.contiguous()), pos - lo_k
 
 
+_CONSTANT_BOUNDS: dict = {}
+
+
+def _constant_bounds(a: SamplerStepArgs):
+    """sample_max_value <= 1: torch.clamp(q, min=1, max=v) is v whatever the quantile q, so the scale is a
+    constant (v = 1: plain clipping of x0 to [-1, 1]) and no quantile pass is needed. Cached per batch."""
+    key = (a.sample.shape[0], str(a.sample.device), a.threshold_max)
+    bounds = _CONSTANT_BOUNDS.get(key)
+    if bounds is None:
+        if a.sample.is_cuda and torch.cuda.is_current_stream_capturing():
+            return None  # no allocation outside the graph's pool during capture (the warm-up run fills this)
+        if len(_CONSTANT_BOUNDS) > 64:
+            _CONSTANT_BOUNDS.clear()
+        v = torch.full((a.sample.shape[0],), a.threshold_max, dtype=torch.float32, device=a.sample.device)
+        bounds = _CONSTANT_BOUNDS[key] = (v, v)
+    return bounds, 0.0
+
+
 def _compiled_step(a: SamplerStepArgs):
     out = torch.empty_like(a.sample)
     out_aux = torch.empty(a.sample.shape, dtype=a.aux_dtype, device=a.sample.device) if a.want_aux else None
@@ -474,7 +491,8 @@ def _compiled_step(a: SamplerStepArgs):
         return out, out_aux
     thresh, weight = None, 0.0
     if a.threshold_ratio is not None:
-        thresh, weight = _threshold_bounds(a)
+        constant = _constant_bounds(a) if a.threshold_max <= 1.0 else None
+        thresh, weight = constant if constant is not None else _threshold_bounds(a)
     step_kernel(a.backend, a, out, out_aux, thresh, weight, False)
     return out, out_aux
 
@@ -584,8 +602,6 @@ def sampler_step(sample: torch.Tensor, model_output, coefficients: StepCoefficie
         t_max = _checks.real(thresholding[1], "thresholding max_value")
         if not 0.0 <= t_ratio <= 1.0:
             raise ValueError(f"thresholding: ratio must lie in [0, 1], got {t_ratio}")
-        if co.pre_noise != 0.0:
-            raise ValueError("thresholding: not available with pre-update noise (Euler's churn)")
     if aux_dtype is None:
         aux_dtype = sample.dtype
     if aux_dtype not in (sample.dtype, torch.float32):
