@@ -14,6 +14,7 @@ namespace genfast {
 namespace {
 
 constexpr int64_t kChunk = 2048;  // multiple of 4: chunk starts are Philox-counter aligned
+constexpr int64_t kGrain = 32768;
 
 float load_any_dtype(uintptr_t base, int dtype, int64_t i) {
   switch (dtype) {
@@ -74,7 +75,9 @@ void run(const SamplerStepParams& p) {
   const int64_t n = p.n, inner = p.inner, mstride = p.model_stride;
   const int64_t chunks = (n + kChunk - 1) / kChunk;
 
-#pragma omp parallel for schedule(static) if (n > 4 * kChunk)
+// Threads only past torch's grain size (32768 elements per thread): below it a parallel region costs more
+// than it saves, and on a busy machine a spinning worker can stall the step for a whole time slice.
+#pragma omp parallel for schedule(static) if (n > 2 * kGrain)
   for (int64_t ci = 0; ci < chunks; ++ci) {
     alignas(64) float xs[kChunk], ms[kChunk], h1s[kChunk], h2s[kChunk], zs[kChunk], ps[kChunk], cs[kChunk];
     const int64_t start = ci * kChunk;

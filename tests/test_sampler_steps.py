@@ -51,7 +51,7 @@ def test_dpm_solver_pp_2m_is_the_textbook_step(solver_type):
     torch.manual_seed(1)
     x, m0, m1 = (torch.randn(2, 3, 4, 5, dtype=torch.float64) for _ in range(3))
     s_t, s0, s1 = 0.8, 1.5, 2.7
-    (a_t, sg_t), (a0, sg0) = _alpha_sigma(s_t), _alpha_sigma(s0)
+    (a_t, sg_t), (_, sg0) = _alpha_sigma(s_t), _alpha_sigma(s0)
     h, h0 = _lam(s_t) - _lam(s0), _lam(s0) - _lam(s1)
     D1 = (m0 - m1) / (h0 / h)
     if solver_type == "midpoint":

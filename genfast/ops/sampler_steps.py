@@ -543,15 +543,23 @@ def _select_backend(sample: torch.Tensor) -> str:
     return name
 
 
+_VALID_COEFFICIENTS: set = set()  # checked once each (a loop reuses the same few per step index)
+
+
 def _check_coefficients(coefficients) -> StepCoefficients:
     if not isinstance(coefficients, StepCoefficients):
         raise TypeError(f"coefficients: expected a StepCoefficients, got {type(coefficients).__name__}")
+    if coefficients in _VALID_COEFFICIENTS:
+        return coefficients
     for name, v in zip(coefficients._fields, coefficients):
         if name == "history":
             if v not in (0, 1, 2):
                 raise ValueError(f"coefficients.history: must be 0, 1 or 2, got {v!r}")
         elif not isinstance(v, float):
             raise TypeError(f"coefficients.{name}: expected a float, got {type(v).__name__}")
+    if len(_VALID_COEFFICIENTS) > 4096:
+        _VALID_COEFFICIENTS.clear()
+    _VALID_COEFFICIENTS.add(coefficients)
     return coefficients
 
 

@@ -21,7 +21,7 @@ import torch
 from genfast.ops.random import randn
 from genfast.ops.sampler_steps import StepCoefficients, euler_ancestral_coefficients, euler_coefficients
 from genfast.samplers.graph import run_graphed
-from genfast.samplers.loop import SIGMA_KINDS, Plan, denoise
+from genfast.samplers.loop import Plan, denoise
 from genfast.samplers.sampling import (_CONFIG, INIT_NOISE_OFFSET, _config_of, check_model_and_input, check_strength,
                                        conditioning, steps_to_run)
 

@@ -177,7 +177,7 @@ class SigmaMethods:
     def _check_sigma_options(self):
         if self.config.use_beta_sigmas:
             try:
-                import scipy  # noqa: F401
+                import scipy.stats  # noqa: F401
             except ImportError:
                 raise ImportError("Make sure to install scipy if you want to use beta sigmas.") from None
         if sum([self.config.use_beta_sigmas, self.config.use_exponential_sigmas, self.config.use_karras_sigmas]) > 1:

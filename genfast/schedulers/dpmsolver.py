@@ -136,7 +136,7 @@ class DPMSolverMultistepScheduler(SigmaMethods, SchedulerMixin, ConfigMixin):
             else:
                 raise ValueError(f"{config.timestep_spacing} is not supported. Please make sure to choose one of "
                                  "'linspace', 'leading' or 'trailing'.")
-        sigmas = np.array(((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5)
+        sigmas = (((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5).numpy().copy()
         log_sigmas = np.log(sigmas)
         if config.use_karras_sigmas:
             sigmas = self._convert_to_karras(in_sigmas=np.flip(sigmas).copy(), num_inference_steps=num_inference_steps)

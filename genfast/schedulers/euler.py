@@ -148,7 +148,7 @@ class EulerDiscreteScheduler(_EulerBase, SchedulerMixin, ConfigMixin):
             num_inference_steps = len(timesteps) if timesteps is not None else len(sigmas) - 1
         self.num_inference_steps = num_inference_steps
 
-        train_sigmas = np.array(((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5)
+        train_sigmas = (((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5).numpy().copy()
         log_sigmas = np.log(train_sigmas)
         if sigmas is not None:
             sigmas = np.array(sigmas).astype(np.float32)
@@ -284,7 +284,7 @@ class EulerAncestralDiscreteScheduler(_EulerBase, SchedulerMixin, ConfigMixin):
         self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
         if rescale_betas_zero_snr:
             self.alphas_cumprod[-1] = 2 ** -24
-        sigmas = np.array(((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5)
+        sigmas = (((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5).numpy().copy()
         self.sigmas = torch.from_numpy(np.concatenate([sigmas[::-1], [0.0]]).astype(np.float32)).to("cpu")
         self.num_inference_steps = None
         self.timesteps = torch.from_numpy(
@@ -305,7 +305,7 @@ class EulerAncestralDiscreteScheduler(_EulerBase, SchedulerMixin, ConfigMixin):
         self.num_inference_steps = num_inference_steps
         timesteps = _spaced_timesteps(config.timestep_spacing, config.num_train_timesteps, num_inference_steps,
                                       config.steps_offset)
-        train_sigmas = np.array(((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5)
+        train_sigmas = (((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5).numpy().copy()
         sigmas = np.interp(timesteps, np.arange(0, len(train_sigmas)), train_sigmas)
         sigmas = np.concatenate([sigmas, [0.0]]).astype(np.float32)
         self.timesteps = torch.from_numpy(timesteps).to(device=device)
