@@ -35,9 +35,16 @@ inline void store_f32(T* dst, const float* src, int64_t len) {
   for (int64_t j = 0; j < len; ++j) Convert<T>::store(dst + j, src[j]);
 }
 
-// One run of elements sharing a batch sample (hence one thresholding scale).
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define GF_SAMPLER_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define GF_SAMPLER_CLONES
+#endif
+
+// One run of elements sharing a batch sample (hence one thresholding scale); an AVX2 clone where the CPU
+// has it (the build targets baseline x86-64).
 template <int History, bool Thresholding>
-void sampler_run(const SamplerStepParams& p, const float* x, const float* m, const float* h1, const float* h2,
+GF_SAMPLER_CLONES void sampler_run(const SamplerStepParams& p, const float* x, const float* m, const float* h1, const float* h2,
                  const float* z, float s, float* prev, float* conv, int64_t len) {
   SamplerStepParams q = p;
   q.history = History;

@@ -108,10 +108,13 @@ SIGMA_KINDS = [{}, dict(use_karras_sigmas=True), dict(use_exponential_sigmas=Tru
 # ---------------------------------------------------------------------------------------------
 # Euler
 # ---------------------------------------------------------------------------------------------
+# each spacing with one beta schedule (the schedules are exercised on every other axis by the DDIM/DDPM tests)
+SPACED_BETAS = [(spacing, offset, beta) for (spacing, offset), beta in zip(SPACINGS, BETAS)]
+
+
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
-@pytest.mark.parametrize("spacing,offset", SPACINGS)
+@pytest.mark.parametrize("spacing,offset,beta_schedule", SPACED_BETAS)
 @pytest.mark.parametrize("sigmas", range(len(SIGMA_KINDS)))
-@pytest.mark.parametrize("beta_schedule", BETAS)
 def test_euler_matches_diffusers(prediction_type, spacing, offset, sigmas, beta_schedule):
     cfg = dict(num_train_timesteps=100, beta_schedule=beta_schedule, prediction_type=prediction_type,
                timestep_spacing=spacing, steps_offset=offset, **SIGMA_KINDS[sigmas])
@@ -141,8 +144,7 @@ def test_euler_options_match_diffusers(cfg, step_kw, set_kw):
 # Euler ancestral
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
-@pytest.mark.parametrize("spacing,offset", SPACINGS)
-@pytest.mark.parametrize("beta_schedule", BETAS)
+@pytest.mark.parametrize("spacing,offset,beta_schedule", SPACED_BETAS)
 @pytest.mark.parametrize("rescale", [False, True])
 def test_euler_ancestral_matches_diffusers(prediction_type, spacing, offset, beta_schedule, rescale):
     cfg = dict(num_train_timesteps=100, beta_schedule=beta_schedule, prediction_type=prediction_type,
@@ -183,9 +185,9 @@ def test_dpm_solver_matches_diffusers(algorithm_type, solver_order, solver_type,
 @pytest.mark.parametrize("sigmas", [{}, dict(use_karras_sigmas=True), dict(use_exponential_sigmas=True),
                                     dict(use_beta_sigmas=True), dict(use_lu_lambdas=True)])
 @pytest.mark.parametrize("final_sigmas_type", ["zero", "sigma_min"])
-@pytest.mark.parametrize("spacing,offset", SPACINGS)
-@pytest.mark.parametrize("finals", [dict(lower_order_final=True), dict(lower_order_final=False),
-                                    dict(lower_order_final=False, euler_at_final=True)])
+@pytest.mark.parametrize("spacing,offset,finals", [
+    ("linspace", 0, dict(lower_order_final=True)), ("leading", 1, dict(lower_order_final=False)),
+    ("trailing", 0, dict(lower_order_final=False, euler_at_final=True))])
 def test_dpm_solver_schedules_match_diffusers(sigmas, final_sigmas_type, spacing, offset, finals):
     algorithm = "sde-dpmsolver++" if offset else "dpmsolver++"
     ref, ours = _dpm(algorithm_type=algorithm, solver_order=3, final_sigmas_type=final_sigmas_type,
