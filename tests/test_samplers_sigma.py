@@ -179,3 +179,45 @@ def test_graph_equals_eager_on_cuda(fn):
     torch.testing.assert_close(first, eager)
     torch.testing.assert_close(replay, eager)
     assert not torch.allclose(other, eager)
+
+
+@pytest.mark.parametrize("fn,options", [(sample_euler_ancestral, {}),
+                                        (sample_dpm_solver, dict(algorithm_type="sde-dpmsolver++", solver_order=3))])
+def test_graph_path_with_a_stand_in_graph_on_cpu(monkeypatch, fn, options):
+    """The CUDA-graph path's logic (static buffers, the plan copied for capture, the seed read from a device
+    tensor on each replay) with the capture replaced by re-running the captured body: replays equal the
+    eager loop, a new seed gives new noise without a new capture."""
+    from genfast.samplers import graph as graph_module
+
+    class StandIn:
+        captures = 0
+
+        def __init__(self, body):
+            StandIn.captures += 1
+            self.body = body
+            self.out = body()
+
+        def replay(self):
+            self.out.copy_(self.body())
+
+    def capture(body, device):
+        g = StandIn(body)
+        return g, g.out
+
+    monkeypatch.setattr(graph_module, "_check_device", lambda x: None)
+    monkeypatch.setattr(graph_module, "_warm_up", lambda body, device: body().clone())
+    monkeypatch.setattr(graph_module, "_capture", capture)
+    x = torch.randn(SHAPE)
+    model = ToyModel()
+    kw = dict(steps=6, class_labels=torch.tensor([1, 2, 3]), guidance_scale=2.0, progress=False, strength=0.7,
+              **options)
+    eager = fn(model, x, CONFIG, seed=5, **kw)
+    first = fn(model, x, CONFIG, seed=5, graph=True, **kw)
+    replay = fn(model, x, CONFIG, seed=5, graph=True, **kw)
+    other = fn(model, x, CONFIG, seed=6, graph=True, **kw)
+    assert StandIn.captures == 1
+    torch.testing.assert_close(first, eager, rtol=0, atol=0)
+    torch.testing.assert_close(replay, eager, rtol=0, atol=0)
+    assert not torch.allclose(other, eager)
+    torch.testing.assert_close(other, fn(model, x, CONFIG, seed=6, **kw), rtol=0, atol=0)
+    graph_module.clear_graphs(model)

@@ -355,6 +355,14 @@ def test_imports_without_diffusers(monkeypatch):
         p = mod.DDPMScheduler(num_train_timesteps=50)
         p.set_timesteps(5)
         assert p.step(x, p.timesteps[-1], x).prev_sample.shape == x.shape
+        for cls in ("EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "DPMSolverMultistepScheduler"):
+            e = getattr(mod, cls).from_config(dict(num_train_timesteps=50, prediction_type="v_prediction"))
+            e.set_timesteps(4)
+            for t in e.timesteps:
+                out = e.step(x, t, e.scale_model_input(x, t), generator=torch.Generator().manual_seed(0))
+                assert out.prev_sample.shape == x.shape and out[0] is out.prev_sample
+            assert e.config.prediction_type == "v_prediction"
+        assert mod.from_diffusers(e) is e
     finally:
         for name in list(sys.modules):
             if name.startswith("genfast.schedulers"):

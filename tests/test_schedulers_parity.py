@@ -340,3 +340,22 @@ def test_add_noise_and_velocity(name):
         _same_value(ours.add_noise(x, z, ts), ref.add_noise(x, z, ts), f"{name}.add_noise with begin_index")
         assert ours.begin_index == ref.begin_index == 2
     assert len(ours) == len(ref)
+
+
+@pytest.mark.parametrize("name", ["EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler"])
+def test_scale_model_input_warning_goes_to_diffusers_logger(name, caplog):
+    """step before scale_model_input logs diffusers' warning on diffusers' logger for that class."""
+    from diffusers.utils import logging as diffusers_logging
+
+    module = getattr(diffusers, name).__module__
+    logger = diffusers_logging.get_logger(module)
+    for s in _pair(name):
+        s.set_timesteps(4)
+        records = []
+        handler = type("H", (__import__("logging").Handler,), {"emit": lambda self, r: records.append(r)})()
+        logger.addHandler(handler)
+        try:
+            s.step(torch.randn(SHAPE), s.timesteps[0], torch.randn(SHAPE))
+        finally:
+            logger.removeHandler(handler)
+        assert any("scale_model_input" in r.getMessage() for r in records), type(s).__module__

@@ -19,7 +19,16 @@ import torch
 
 from genfast.samplers.schedules import betas_for_alpha_bar, rescale_zero_terminal_snr
 
-logger = logging.getLogger("genfast.schedulers")
+
+
+def scheduler_logger(diffusers_module: str):
+    """The logger diffusers' class logs to (so code that captures diffusers' scheduler warnings sees ours),
+    or a standard logger of that name without diffusers."""
+    try:
+        from diffusers.utils import logging as diffusers_logging
+    except ImportError:
+        return logging.getLogger(diffusers_module)
+    return diffusers_logging.get_logger(diffusers_module)
 
 
 class ScheduleNotImplementedError(NotImplementedError, ValueError):

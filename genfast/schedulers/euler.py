@@ -10,8 +10,10 @@ from genfast.schedulers._common import (KARRAS_COMPATIBLES, ConfigMixin, Schedul
                                         randn_like_diffusers, register_to_config)
 from genfast.schedulers._outputs import EulerAncestralDiscreteSchedulerOutput, EulerDiscreteSchedulerOutput
 from genfast.schedulers._sigmas import (SigmaMethods, add_noise_sigma, check_integer_timestep, common_dtype,
-                                        diffusers_betas, logger)
+                                        diffusers_betas, scheduler_logger)
 
+_EULER_LOGGER = scheduler_logger("diffusers.schedulers.scheduling_euler_discrete")
+_ANCESTRAL_LOGGER = scheduler_logger("diffusers.schedulers.scheduling_euler_ancestral_discrete")
 _SCALE_WARNING = ("The `scale_model_input` function should be called before `step` to ensure correct denoising. "
                   "See `StableDiffusionPipeline` for a usage example.")
 
@@ -211,7 +213,7 @@ class EulerDiscreteScheduler(_EulerBase, SchedulerMixin, ConfigMixin):
         """One Euler step of the probability-flow ODE (with optional churn), as one fused kernel."""
         check_integer_timestep(timestep, "EulerDiscreteScheduler")
         if not self.is_scale_input_called:
-            logger.warning(_SCALE_WARNING)
+            _EULER_LOGGER.warning(_SCALE_WARNING)
         if self.step_index is None:
             self._init_step_index(timestep)
         sigmas = self._host_sigmas()
@@ -326,7 +328,7 @@ class EulerAncestralDiscreteScheduler(_EulerBase, SchedulerMixin, ConfigMixin):
         """One ancestral Euler step of the reverse SDE, as one fused kernel."""
         check_integer_timestep(timestep, "EulerDiscreteScheduler")
         if not self.is_scale_input_called:
-            logger.warning(_SCALE_WARNING)
+            _ANCESTRAL_LOGGER.warning(_SCALE_WARNING)
         if self.step_index is None:
             self._init_step_index(timestep)
         sigmas = self._host_sigmas()
