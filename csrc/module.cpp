@@ -11,6 +11,7 @@ void bind_random(py::module_& m);
 void bind_diffusion(py::module_& m);
 void bind_gradient_penalty(py::module_& m);
 void bind_vae(py::module_& m);
+void bind_diffusion_backward(py::module_& m);
 void bind_sampler_steps(py::module_& m);
 }  // namespace genfast
 
@@ -32,5 +33,6 @@ PYBIND11_MODULE(_C, m) {
   genfast::bind_diffusion(m);
   genfast::bind_gradient_penalty(m);
   genfast::bind_vae(m);
+  genfast::bind_diffusion_backward(m);
   genfast::bind_sampler_steps(m);
 }

@@ -56,6 +56,14 @@ def _triton_error() -> str | None:
     return None
 
 
+def _triton_built_for_interpreter() -> bool:
+    """Triton decides at import whether its own @jit functions are interpreted: TRITON_INTERPRET=1 set
+    after `import triton` lists the interpreter as on while every kernel would fail inside it."""
+    import triton.language.standard as standard
+
+    return type(standard.sigmoid).__name__ == "InterpretedFunction"
+
+
 def _cuda_runtime_ok() -> bool:
     return torch.cuda.is_available()
 
@@ -91,7 +99,13 @@ def backend_info(name: str) -> BackendInfo:
         if _cuda_runtime_ok():
             devices.append("cuda")
         if triton_interpret():
-            devices.append("cpu")
+            if not _triton_built_for_interpreter():
+                if not devices:
+                    return BackendInfo(name, False, (), "TRITON_INTERPRET=1 was set after triton was imported, so "
+                                                        "Triton's own functions were built for the compiler; set it "
+                                                        "before the first `import triton` (or `import genfast`)")
+            else:
+                devices.append("cpu")
         if not devices:
             return BackendInfo(name, False, (), "no CUDA device is visible (set TRITON_INTERPRET=1 to run on CPU tensors)")
         how = "interpreter on CPU tensors" if "cpu" in devices else "compiled"

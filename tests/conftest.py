@@ -48,6 +48,22 @@ def backend_device_params(pairs=BACKEND_DEVICE_PAIRS):
     return out
 
 
+@pytest.fixture(autouse=True)
+def _seed_every_test(request):
+    """Fresh inputs per test (the seed is the test's id), yet the same on every run: no verdict depends on
+    an unseeded draw."""
+    import random
+    import zlib
+
+    import numpy as np
+
+    seed = zlib.crc32(request.node.nodeid.encode())
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+    yield
+
+
 @pytest.fixture(params=backend_device_params())
 def backend_device(request):
     """(backend name, device) with the backend forced for the test's duration."""

@@ -63,30 +63,42 @@ class Launcher:
         return getattr(self.module, name + self.suffix)(*args)
 
 
-def _tensors(args) -> typing.Iterator[tuple[str, torch.Tensor]]:
+_TENSOR_FIELDS: dict[type, tuple[tuple[int, str], ...]] = {}
+
+
+def _tensor_fields(cls) -> tuple[tuple[int, str], ...]:
+    """(index, name) of the fields of a NamedTuple type that may hold a tensor (cached per type)."""
+    fields = _TENSOR_FIELDS.get(cls)
+    if fields is None:
+        hints = typing.get_type_hints(cls)
+        fields = tuple((i, f) for i, f in enumerate(cls._fields)
+                       if hints.get(f) in (torch.Tensor, Optional[torch.Tensor]))
+        _TENSOR_FIELDS[cls] = fields
+    return fields
+
+
+def _tensors(args) -> list[tuple[str, torch.Tensor]]:
+    found = []
     for i, a in enumerate(args):
         if isinstance(a, torch.Tensor):
-            yield f"argument {i}", a
+            found.append((f"argument {i}", a))
         elif isinstance(a, tuple) and hasattr(a, "_fields"):
-            for name, v in zip(a._fields, a):
-                if isinstance(v, torch.Tensor):
-                    yield name, v
+            for j, name in _tensor_fields(type(a)):
+                v = a[j]
+                if v is not None:
+                    found.append((name, v))
+    return found
 
 
-def check_kernel_tensors(kernel: str, device: torch.device, args) -> None:
+def check_kernel_tensors(kernel: str, tensors, device: torch.device) -> None:
     """Every tensor handed to a kernel is on `device`, dense and contiguous (else ValueError naming it)."""
-    for name, t in _tensors(args):
-        if t.device != device:
+    index = device.index if device.type == "cuda" else -1
+    for name, t in tensors:
+        if t.get_device() != index or t.device.type != device.type:
             raise ValueError(f"{name}: on {t.device} but {kernel} runs on {device}")
         if not t.is_contiguous():
             raise ValueError(f"{name}: {kernel} needs a contiguous tensor, got strides {t.stride()} for shape "
                              f"{tuple(t.shape)}")
-
-
-def _device_of(args) -> tuple[torch.device, Optional[torch.Tensor]]:
-    for _, t in _tensors(args):
-        return t.device, t
-    raise ValueError("no tensor argument to take the device from")
 
 
 class Kernel:
@@ -124,8 +136,12 @@ class Kernel:
             raise NotImplementedError(f"{self.name}: no {backend} implementation")
         if backend == "reference":
             return fn(*args)
-        device, tensor = _device_of(args)
-        check_kernel_tensors(self.name, device, args)
+        tensors = _tensors(args)
+        if not tensors:
+            raise ValueError(f"{self.name}: no tensor argument to take the device from")
+        tensor = tensors[0][1]
+        device = tensor.device
+        check_kernel_tensors(self.name, tensors, device)
         if backend in COMPILED:
             return fn(Launcher(backend, device, tensor), *args)
         if device.type == "cuda":  # Triton launches on the current device's current stream

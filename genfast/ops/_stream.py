@@ -78,12 +78,18 @@ def _resolve(value, name: str, device: torch.device) -> tuple[int, torch.Tensor 
     return to_signed64(value), None
 
 
+def draw_seed_tensor(device: torch.device) -> torch.Tensor:
+    """A seed drawn inside a torch.compile'd graph: a tensor op (an int would be data-dependent)."""
+    return torch.randint(0, (1 << 63) - 1, (), dtype=torch.int64, device=device)
+
+
 def resolve_stream(seed, offset, device) -> Stream:
     device = torch.device(device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     if seed is None:
-        seed = draw_seed()
+        # under torch.compile the seed comes from the compiled graph's random generator instead
+        seed = draw_seed_tensor(device) if torch.compiler.is_compiling() else draw_seed()
     if offset is None:
         offset = 0
     s, st = _resolve(seed, "seed", device)

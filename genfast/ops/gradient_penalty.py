@@ -410,6 +410,9 @@ def gradient_norm_penalty(grad: torch.Tensor, weight: float = 10.0, center: floa
 def _critic_gradient(critic, x: torch.Tensor, critic_kwargs) -> torch.Tensor:
     if not callable(critic):
         raise TypeError(f"critic: expected a callable (an nn.Module or function), got {type(critic).__name__}")
+    if not torch.is_grad_enabled():
+        raise RuntimeError("gradient_penalty: autograd is disabled here (torch.no_grad() or inference_mode); the "
+                           "penalty differentiates the critic with respect to its input, so call it with grad enabled")
     out = critic(x, **critic_kwargs)
     b = x.shape[0]
     if not isinstance(out, torch.Tensor):

@@ -169,7 +169,8 @@ def _check_float_dtype(dtype: torch.dtype) -> None:
 def _draw(shape, seed, offset, dtype, device, normal: bool) -> torch.Tensor:
     size = _check_size(shape)
     _check_float_dtype(dtype)
-    device = torch.device(device) if device is not None else torch.get_default_device()
+    # torch.empty(0).device rather than torch.get_default_device(): torch.compile traces the former
+    device = torch.device(device) if device is not None else torch.empty(0).device
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     stream = resolve_stream(seed, offset, device)
