@@ -363,28 +363,3 @@ def test_extension_rejects_bad_arguments():
     flat[15] = 2  # two history tensors announced, none given
     with pytest.raises(ValueError, match="history"):
         _ext._C.sampler_step_cpu(*flat)
-
-
-@pytest.mark.parametrize("dtype,cpr,history,noise_src", [("fp32", 1, 2, 2), ("fp16", 2, 1, 0), ("bf16", 2, 0, 2)])
-def test_triton_compiles_for_sm90_with_16_byte_accesses(dtype, cpr, history, noise_src):
-    pytest.importorskip("triton")
-    from triton_aot import compile_sm90, widest_global_load_bits, widest_global_store_bits
-
-    from genfast.triton.sampler_steps import _sampler_step_kernel
-
-    ptr = f"*{dtype}"
-    sig = {"out_ptr": ptr, "aux_ptr": ptr, "sample_ptr": ptr, "model_ptr": ptr, "cond_ptr": ptr, "h1_ptr": ptr,
-           "h2_ptr": ptr, "noise_ptr": ptr, "lo_ptr": "*fp32", "hi_ptr": "*fp32", "n": "i64", "inner": "i64",
-           "model_stride": "i64"}
-    for name in ("guidance_scale", "pre_noise", "conv_x", "conv_m", "thresh_weight", "thresh_max", "to_x0_x",
-                 "to_x0_c", "from_x0_x", "from_x0_c", "c_x", "c_0", "c_1", "c_2", "c_noise"):
-        sig[name] = "fp32"
-    sig.update(seed="i64", offset="i64", seed_ptr="*i64", offset_ptr="*i64")
-    constexprs = dict(HISTORY=history, GUIDANCE=True, STRIDED=False, THRESH=False, NOISE_SRC=noise_src,
-                      WRITE_AUX=True, ABS_X0=False, SEED_FROM_PTR=False, OFFSET_FROM_PTR=False, CPR=cpr,
-                      BLOCK_R=256 // cpr)
-    for k in constexprs:
-        sig[k] = "constexpr"
-    ptx = compile_sm90(_sampler_step_kernel, sig, constexprs, num_warps=4, divisible=("n", "inner", "model_stride"))
-    assert widest_global_store_bits(ptx) == 128
-    assert widest_global_load_bits(ptx) == 128
