@@ -389,7 +389,7 @@ def _tiny_unet(in_channels=3):
                                  up_block_types=("UpBlock2D", "UpBlock2D")).eval()
 
 
-SWAPS = [("DDIMScheduler", {}), ("DDPMScheduler", {}), ("EulerDiscreteScheduler", {}),
+SWAPS = [("EulerDiscreteScheduler", {}),  # DDIM/DDPM: tests/test_schedulers.py::test_diffusers_pipeline_swap
          ("EulerAncestralDiscreteScheduler", {}), ("DPMSolverMultistepScheduler", {}),
          ("DPMSolverMultistepScheduler", dict(algorithm_type="sde-dpmsolver++", use_karras_sigmas=True))]
 
