@@ -14,6 +14,7 @@ void bind_diffusion(py::module_& m);
 void bind_gradient_penalty(py::module_& m);
 void bind_vae(py::module_& m);
 void bind_diffusion_backward(py::module_& m);
+void bind_sampler_steps(py::module_& m);
 #ifdef GENFAST_CUDA_EMULATION
 void bind_emulation(py::module_& m);
 #endif
@@ -48,4 +49,5 @@ PYBIND11_MODULE(GENFAST_MODULE_NAME, m) {
   genfast::bind_gradient_penalty(m);
   genfast::bind_vae(m);
   genfast::bind_diffusion_backward(m);
+  genfast::bind_sampler_steps(m);
 }

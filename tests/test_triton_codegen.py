@@ -131,6 +131,56 @@ def _diffusion_launches(log):
              torch.empty_like(x), eta=1.0, src=d.SRC_STREAM, stream=_stream(value, value))
 
 
+def _sampler_step_launches(log):
+    from genfast.ops import sampler_steps as ss
+    from genfast.triton.sampler_steps import sampler_step_triton
+
+    def step(label, expect, co, sample, model, *, cond=None, history=(), thresh=None, noise=None, stream=None,
+             aux_dtype=None, abs_x0=False):
+        src = ss.NOISE_TENSOR if noise is not None else (ss.NOISE_STREAM if stream is not None else ss.NOISE_NONE)
+        st = stream or Stream(0, 0, None, None)
+        h = list(history) + [None, None]
+        a = ss.SamplerStepArgs(sample, model, cond, 3.0, h[0], h[1], *co[:12], co.history,
+                               0.9 if thresh else None, 1.5, aux_dtype or sample.dtype, True, src, noise, st.seed,
+                               st.offset, st.seed_tensor, st.offset_tensor, "triton")
+        out = torch.empty(sample.shape, dtype=F32 if abs_x0 else sample.dtype)
+        aux = None if abs_x0 else torch.empty(sample.shape, dtype=aux_dtype or sample.dtype)
+        _record(label, log, expect, sampler_step_triton, a, out, aux, thresh, 0.3, abs_x0)
+
+    odd = (4, 3, 7, 5)  # n = 420
+    img = (4, 3, 8, 8)
+    dpm2 = ss.dpm_solver_coefficients((0.5, 1.0, 2.0))
+    dpm3 = ss.dpm_solver_coefficients((0.5, 1.0, 2.0, 3.0), "sde-dpmsolver++")
+    for dtype in (F32, F16, BF16):
+        x = torch.empty(odd, dtype=dtype)
+        step(f"dpm++2m history {SHORT[dtype]} n=420", {"ldg128": 3, "stg128": 2}, dpm2, x, torch.empty_like(x),
+             history=[torch.empty_like(x)])
+    x = torch.empty(img, dtype=F16)
+    step("sde-dpm++3m guidance stream fp16", {"ldg128": 5, "stg128": 2}, dpm3, x, torch.empty_like(x),
+         cond=torch.empty_like(x), history=[torch.empty_like(x), torch.empty_like(x)], stream=_stream())
+    x = torch.empty(img)
+    step("euler-a stream fp32", {"ldg128": 2, "stg128": 2}, ss.euler_ancestral_coefficients(2.0, 1.0), x,
+         torch.empty_like(x), stream=_stream())
+    x = torch.empty(img, dtype=BF16)
+    step("euler churn noise tensor x0 fp32 bf16", {"ldg128": 3, "stg128": 1}, ss.euler_coefficients(2.0, 1.0, gamma=0.2),
+         x, torch.empty_like(x), noise=torch.empty_like(x), aux_dtype=F32)
+    x = torch.empty(img, dtype=F16)
+    model = torch.empty((4, 6, 8, 8), dtype=F16)
+    step("dpm++ learned-variance output thresholding fp16", None, dpm2, x, model, history=[torch.empty_like(x)],
+         thresh=(torch.empty(4), torch.empty(4)))
+    step("dpm++ abs(x0) for thresholding fp16", None, dpm2, x, model, history=[torch.empty_like(x)], abs_x0=True)
+    x = _misaligned(odd, F32)
+    step("euler-a stream fp32 misaligned", None, ss.euler_ancestral_coefficients(2.0, 1.0), x, torch.empty(odd),
+         stream=_stream())
+    x = torch.empty(odd, dtype=F16)
+    step("euler-a stream fp16 n=420", {"ldg128": 2, "stg128": 2}, ss.euler_ancestral_coefficients(2.0, 1.0), x,
+         torch.empty_like(x), stream=_stream())
+    for value in STREAM_VALUES:
+        x = torch.empty(odd, dtype=F16)
+        step(f"euler-a stream fp16 n=420 seed=offset={value:#x}", {"ldg128": 2, "stg128": 2},
+             ss.euler_ancestral_coefficients(2.0, 1.0), x, torch.empty_like(x), stream=_stream(value, value))
+
+
 def _gradient_penalty_launches(log):
     from genfast.triton import gradient_penalty as gp
 
@@ -234,6 +284,7 @@ def record_all() -> list[Launch]:
         _random_launches(log)
         _diffusion_launches(log)
         _diffusion_backward_launches(log)
+        _sampler_step_launches(log)
         _gradient_penalty_launches(log)
         _vae_launches(log)
     return log
@@ -292,7 +343,7 @@ def test_seeds_and_offsets_do_not_specialize(compiled):
         for word in ("seed_lo", "seed_hi", "offset_lo", "offset_hi"):
             assert info["signature"].get(word) == "i32" and word not in info["divisible"], (group, word, info)
         checked += 1
-    assert checked == 4  # random, diffusion, interpolate, vae
+    assert checked == 5  # random, diffusion, interpolate, vae, sampler step
 
 
 def test_every_kernel_is_covered(compiled):

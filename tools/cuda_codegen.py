@@ -42,6 +42,8 @@ EXPECTED = {
     "diffusion_step_kernel": (3, 2),
     # backward: reads sample, model (+ cond, grad_prev, grad_x0), writes grad_sample and grad_model
     "diffusion_step_backward_kernel": (3, 2),
+    # the sampler step: reads sample, model (+ cond, the multistep history) and writes out
+    "sampler_step_kernel": (2, 1),
     "interpolate_kernel": (2, 1),
     "norm_penalty_kernel": (1, 0),
     "norm_penalty_backward_kernel": (1, 1),

@@ -9,7 +9,11 @@ from genfast.samplers.schedules import make_betas, make_timesteps
 from genfast.schedulers._common import (KARRAS_COMPATIBLES, ConfigMixin, DDIMSchedulerOutput, SchedulerMixin,
                                         StreamState, check_eta, check_step_inputs, device_lookup, host_timestep,
                                         is_device_timestep, randn_like_diffusers, register_to_config)
-from genfast.schedulers._tables import DeviceTables, TableMethods, positive_alpha, prediction_options
+from genfast.schedulers._sigmas import ScheduleNotImplementedError, common_dtype
+from genfast.schedulers._tables import (DeviceTables, TableMethods, clip_or_threshold, fused_step_covers,
+                                        positive_alpha, predicted_original, prediction_options, threshold_sample)
+
+DDIM_BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid", "laplace")
 
 
 class DDIMScheduler(TableMethods, SchedulerMixin, ConfigMixin):
@@ -44,6 +48,8 @@ class DDIMScheduler(TableMethods, SchedulerMixin, ConfigMixin):
         timestep_spacing: str = "leading",
         rescale_betas_zero_snr: bool = False,
     ):
+        if trained_betas is None and beta_schedule not in DDIM_BETA_SCHEDULES:
+            raise ScheduleNotImplementedError(f"beta_schedule: {beta_schedule} is not implemented for {self.__class__}")
         self.betas = make_betas(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas,
                                 rescale_betas_zero_snr)
         self.alphas = 1.0 - self.betas
@@ -59,6 +65,21 @@ class DDIMScheduler(TableMethods, SchedulerMixin, ConfigMixin):
 
     def scale_model_input(self, sample: torch.Tensor, timestep: int | None = None) -> torch.Tensor:
         return sample
+
+    def _get_variance(self, timestep: int, prev_timestep: int) -> torch.Tensor:
+        """The DDIM posterior variance (1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev) (a tensor)."""
+        alpha_prod_t = self.alphas_cumprod[timestep]
+        alpha_prod_t_prev = self.alphas_cumprod[prev_timestep] if prev_timestep >= 0 else self.final_alpha_cumprod
+        return (1 - alpha_prod_t_prev) / (1 - alpha_prod_t) * (1 - alpha_prod_t / alpha_prod_t_prev)
+
+    def _threshold_sample(self, sample: torch.Tensor) -> torch.Tensor:
+        """Dynamic thresholding of a predicted x0 (see genfast.schedulers._tables.threshold_sample)."""
+        return threshold_sample(self.config, sample)
+
+    def _adopt_state(self):
+        """After from_diffusers copied timesteps and num_inference_steps in: drop derived tables."""
+        self._device_tables.clear()
+        self._stream.reset()
 
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None):
         T = len(self._alphas_host)
@@ -99,8 +120,11 @@ class DDIMScheduler(TableMethods, SchedulerMixin, ConfigMixin):
         if self.num_inference_steps is None:
             raise ValueError("Number of inference steps is 'None', you need to run 'set_timesteps' after creating "
                              "the scheduler")
-        check_step_inputs(model_output, sample)
+        check_step_inputs(model_output, sample, same_dtype=False)
         eta = check_eta(eta)
+        if not fused_step_covers(self.config, eta):
+            return self._step_unfused(model_output, timestep, sample, eta, use_clipped_model_output, generator,
+                                      variance_noise, return_dict)
         alpha_t, alpha_prev = self._alphas(timestep, sample)
         noise, seed, offset = None, None, 0
         if eta > 0:
@@ -115,9 +139,35 @@ class DDIMScheduler(TableMethods, SchedulerMixin, ConfigMixin):
             else:
                 seed, offset = self._stream.next()
         config = self.config
+        model_output, sample = common_dtype(model_output, sample)
         prev_sample, pred_original_sample = ddim_step(
             sample, model_output, alpha_t, alpha_prev, eta=eta, use_clipped_model_output=bool(use_clipped_model_output),
             noise=noise, seed=seed, offset=offset, return_pred_original=True, **prediction_options(config))
         if not return_dict:
             return prev_sample, pred_original_sample
         return DDIMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
+
+    def _step_unfused(self, model_output, timestep, sample, eta, use_clipped_model_output, generator, variance_noise,
+                      return_dict):
+        """diffusers' formulas in PyTorch, for the options the fused op refuses (see fused_step_covers)."""
+        t = host_timestep(timestep, len(self._alphas_host))
+        prev_t = t - self.config.num_train_timesteps // self.num_inference_steps
+        alpha_prod_t = self.alphas_cumprod[t]
+        alpha_prod_t_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else self.final_alpha_cumprod
+        beta_prod_t = 1 - alpha_prod_t
+        x0, eps = predicted_original(self.config.prediction_type, sample, model_output, alpha_prod_t, beta_prod_t)
+        x0 = clip_or_threshold(self.config, x0)
+        std = eta * self._get_variance(t, prev_t) ** 0.5
+        if use_clipped_model_output:
+            eps = (sample - alpha_prod_t ** 0.5 * x0) / beta_prod_t ** 0.5
+        prev = alpha_prod_t_prev ** 0.5 * x0 + (1 - alpha_prod_t_prev - std ** 2) ** 0.5 * eps
+        if eta > 0:
+            if variance_noise is not None and generator is not None:
+                raise ValueError("generator: cannot pass both generator and variance_noise; leave one of them None")
+            if variance_noise is None:
+                variance_noise = randn_like_diffusers(model_output.shape, generator, model_output.device,
+                                                      model_output.dtype)
+            prev = prev + std * variance_noise
+        if not return_dict:
+            return prev, x0
+        return DDIMSchedulerOutput(prev_sample=prev, pred_original_sample=x0)
