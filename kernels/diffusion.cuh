@@ -88,8 +88,11 @@ GF_HD StepCoeffs step_coeffs(int kind, int variance_type, int noise_mode, float 
   return c;
 }
 
-// Clamp that keeps NaN (torch.clamp semantics).
-GF_HD float clamp_nan(float v, float lo, float hi) { return v < lo ? lo : (v > hi ? hi : v); }
+// torch.clamp: max with lo, then min with hi (so lo > hi gives hi everywhere); NaN stays NaN.
+GF_HD float clamp_nan(float v, float lo, float hi) {
+  const float t = v < lo ? lo : v;
+  return t > hi ? hi : t;
+}
 
 // The dynamic-thresholding scale s of one sample: torch.quantile's linear interpolation between the
 // two bracketing order statistics, clamped to [1, max_value].

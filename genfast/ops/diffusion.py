@@ -950,11 +950,7 @@ def _prepare(kind, sample, model_output, alpha_prod_t, alpha_prod_t_prev, eta, p
     a_t, a_t_tensor = _check_alpha(alpha_prod_t, "alpha_prod_t", sample)
     a_p, a_p_tensor = _check_alpha(alpha_prod_t_prev, "alpha_prod_t_prev", sample)
     eta = _check_float(eta, "eta")
-    if eta < 0:
-        raise ValueError(f"eta: must be >= 0, got {eta}")
     clip = _check_float(clip_sample_range, "clip_sample_range", allow_none=True)
-    if clip is not None and clip <= 0:
-        raise ValueError(f"clip_sample_range: must be > 0, got {clip}")
     t_ratio, t_max = None, 1.0
     if thresholding is not None:
         if not isinstance(thresholding, (tuple, list)) or len(thresholding) != 2:
@@ -963,8 +959,6 @@ def _prepare(kind, sample, model_output, alpha_prod_t, alpha_prod_t_prev, eta, p
         t_max = _check_float(thresholding[1], "thresholding max_value")
         if not 0.0 <= t_ratio <= 1.0:
             raise ValueError(f"thresholding: ratio must lie in [0, 1], got {t_ratio}")
-        if t_max < 1.0:
-            raise ValueError(f"thresholding: max_value must be >= 1, got {t_max}")
         if ptype == PREDICTION_TYPES["sample"] and given_shape is not None and given_shape[1:] != expected[1:]:
             # diffusers takes the quantile over x0 = model_output un-broadcast; over the broadcast x0 the
             # repeated elements would move the quantile: refuse rather than differ silently

@@ -127,35 +127,3 @@ def threshold_sample(config, sample: torch.Tensor) -> torch.Tensor:
     s = torch.clamp(s, min=1, max=config.sample_max_value).unsqueeze(1)
     flat = torch.clamp(flat, -s, s) / s
     return flat.reshape(batch, channels, *rest).to(dtype)
-
-
-def fused_step_covers(config, eta: float = 0.0) -> bool:
-    """Whether genfast.ops.ddim_step / ddpm_step take these options. The op refuses what no sensible
-    schedule uses but diffusers accepts: thresholding with sample_max_value < 1, clip_sample_range <= 0,
-    eta < 0; the schedulers run those through their unfused path (diffusers' formulas in PyTorch)."""
-    if config.thresholding:
-        return float(config.sample_max_value) >= 1.0
-    if config.clip_sample and float(config.clip_sample_range) <= 0.0:
-        return False
-    return eta >= 0.0
-
-
-def predicted_original(prediction_type: str, sample, model_output, alpha_prod_t, beta_prod_t):
-    """(x0, epsilon) from the model output, diffusers' three parameterizations."""
-    if prediction_type == "epsilon":
-        return (sample - beta_prod_t ** 0.5 * model_output) / alpha_prod_t ** 0.5, model_output
-    if prediction_type == "sample":
-        return model_output, (sample - alpha_prod_t ** 0.5 * model_output) / beta_prod_t ** 0.5
-    if prediction_type == "v_prediction":
-        return (alpha_prod_t ** 0.5 * sample - beta_prod_t ** 0.5 * model_output,
-                alpha_prod_t ** 0.5 * model_output + beta_prod_t ** 0.5 * sample)
-    raise ValueError(f"prediction_type given as {prediction_type} must be one of `epsilon`, `sample`, or "
-                     "`v_prediction`")
-
-
-def clip_or_threshold(config, x0: torch.Tensor) -> torch.Tensor:
-    if config.thresholding:
-        return threshold_sample(config, x0)
-    if config.clip_sample:
-        return x0.clamp(-config.clip_sample_range, config.clip_sample_range)
-    return x0

@@ -10,8 +10,8 @@ from genfast.schedulers._common import (KARRAS_COMPATIBLES, ConfigMixin, DDIMSch
                                         StreamState, check_eta, check_step_inputs, device_lookup, host_timestep,
                                         is_device_timestep, randn_like_diffusers, register_to_config)
 from genfast.schedulers._sigmas import ScheduleNotImplementedError, common_dtype
-from genfast.schedulers._tables import (DeviceTables, TableMethods, clip_or_threshold, fused_step_covers,
-                                        positive_alpha, predicted_original, prediction_options, threshold_sample)
+from genfast.schedulers._tables import (DeviceTables, TableMethods,
+                                        positive_alpha, prediction_options, threshold_sample)
 
 DDIM_BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid", "laplace")
 
@@ -122,9 +122,6 @@ class DDIMScheduler(TableMethods, SchedulerMixin, ConfigMixin):
                              "the scheduler")
         check_step_inputs(model_output, sample, same_dtype=False)
         eta = check_eta(eta)
-        if not fused_step_covers(self.config, eta):
-            return self._step_unfused(model_output, timestep, sample, eta, use_clipped_model_output, generator,
-                                      variance_noise, return_dict)
         alpha_t, alpha_prev = self._alphas(timestep, sample)
         noise, seed, offset = None, None, 0
         if eta > 0:
@@ -147,27 +144,3 @@ class DDIMScheduler(TableMethods, SchedulerMixin, ConfigMixin):
             return prev_sample, pred_original_sample
         return DDIMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
 
-    def _step_unfused(self, model_output, timestep, sample, eta, use_clipped_model_output, generator, variance_noise,
-                      return_dict):
-        """diffusers' formulas in PyTorch, for the options the fused op refuses (see fused_step_covers)."""
-        t = host_timestep(timestep, len(self._alphas_host))
-        prev_t = t - self.config.num_train_timesteps // self.num_inference_steps
-        alpha_prod_t = self.alphas_cumprod[t]
-        alpha_prod_t_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else self.final_alpha_cumprod
-        beta_prod_t = 1 - alpha_prod_t
-        x0, eps = predicted_original(self.config.prediction_type, sample, model_output, alpha_prod_t, beta_prod_t)
-        x0 = clip_or_threshold(self.config, x0)
-        std = eta * self._get_variance(t, prev_t) ** 0.5
-        if use_clipped_model_output:
-            eps = (sample - alpha_prod_t ** 0.5 * x0) / beta_prod_t ** 0.5
-        prev = alpha_prod_t_prev ** 0.5 * x0 + (1 - alpha_prod_t_prev - std ** 2) ** 0.5 * eps
-        if eta > 0:
-            if variance_noise is not None and generator is not None:
-                raise ValueError("generator: cannot pass both generator and variance_noise; leave one of them None")
-            if variance_noise is None:
-                variance_noise = randn_like_diffusers(model_output.shape, generator, model_output.device,
-                                                      model_output.dtype)
-            prev = prev + std * variance_noise
-        if not return_dict:
-            return prev, x0
-        return DDIMSchedulerOutput(prev_sample=prev, pred_original_sample=x0)

@@ -10,8 +10,8 @@ from genfast.schedulers._common import (KARRAS_COMPATIBLES, ConfigMixin, DDPMSch
                                         StreamState, check_step_inputs, device_lookup, host_timestep,
                                         is_device_timestep, randn_like_diffusers, register_to_config)
 from genfast.schedulers._sigmas import ScheduleNotImplementedError, common_dtype
-from genfast.schedulers._tables import (DeviceTables, TableMethods, clip_or_threshold, fused_step_covers,
-                                        positive_alpha, predicted_original, prediction_options, threshold_sample)
+from genfast.schedulers._tables import (DeviceTables, TableMethods,
+                                        positive_alpha, prediction_options, threshold_sample)
 
 VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range")
 DDPM_BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "laplace", "sigmoid")
@@ -181,8 +181,6 @@ class DDPMScheduler(TableMethods, SchedulerMixin, ConfigMixin):
     ) -> DDPMSchedulerOutput | tuple:
         """x_t -> x_{t_prev}: diffusers' DDPMScheduler.step, computed by one fused kernel."""
         check_step_inputs(model_output, sample, same_dtype=False)
-        if not fused_step_covers(self.config):
-            return self._step_unfused(model_output, timestep, sample, generator, return_dict)
         variance_type = self.variance_type if self.variance_type in VARIANCE_TYPES else "fixed_small"
         learned = variance_type in ("learned", "learned_range")
         if learned and (model_output.dim() < 2 or model_output.shape[1] != 2 * sample.shape[1]):
@@ -216,34 +214,3 @@ class DDPMScheduler(TableMethods, SchedulerMixin, ConfigMixin):
             return prev_sample, pred_original_sample
         return DDPMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
 
-    def _step_unfused(self, model_output, timestep, sample, generator, return_dict):
-        """diffusers' formulas in PyTorch, for the options the fused op refuses (see fused_step_covers)."""
-        t = host_timestep(timestep, len(self._alphas_host))
-        prev_t = self._previous_host(t)
-        predicted_variance = None
-        if model_output.shape[1] == sample.shape[1] * 2 and self.variance_type in ["learned", "learned_range"]:
-            model_output, predicted_variance = torch.split(model_output, sample.shape[1], dim=1)
-        alpha_prod_t = self.alphas_cumprod[t]
-        alpha_prod_t_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else self.one
-        beta_prod_t, beta_prod_t_prev = 1 - alpha_prod_t, 1 - alpha_prod_t_prev
-        current_alpha_t = alpha_prod_t / alpha_prod_t_prev
-        current_beta_t = 1 - current_alpha_t
-        x0, _ = predicted_original(self.config.prediction_type, sample, model_output, alpha_prod_t, beta_prod_t)
-        x0 = clip_or_threshold(self.config, x0)
-        prev = (alpha_prod_t_prev ** 0.5 * current_beta_t) / beta_prod_t * x0 + \
-            current_alpha_t ** 0.5 * beta_prod_t_prev / beta_prod_t * sample
-        if t > 0:
-            z = randn_like_diffusers(model_output.shape, generator, model_output.device, model_output.dtype)
-            variance_type = self.variance_type
-            if variance_type == "fixed_large_log":  # the intended std sqrt(beta_t) (see the class docstring)
-                std = current_beta_t ** 0.5
-            elif variance_type == "fixed_small_log":
-                std = self._get_variance(t, predicted_variance=predicted_variance)
-            elif variance_type == "learned_range":
-                std = torch.exp(0.5 * self._get_variance(t, predicted_variance=predicted_variance))
-            else:
-                std = self._get_variance(t, predicted_variance=predicted_variance) ** 0.5
-            prev = prev + std * z
-        if not return_dict:
-            return prev, x0
-        return DDPMSchedulerOutput(prev_sample=prev, pred_original_sample=x0)

@@ -30,7 +30,9 @@ def _sqrt(v):
 
 @triton.jit
 def _clamp_nan(v, lo, hi):
-    return tl.where(v < lo, lo, tl.where(v > hi, hi, v))
+    # torch.clamp: max with lo, then min with hi (lo > hi gives hi everywhere); NaN stays NaN
+    t = tl.where(v < lo, lo, v)
+    return tl.where(t > hi, hi, t)
 
 
 @triton.jit
