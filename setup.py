@@ -5,7 +5,9 @@ still installs as pure Python (Triton and reference backends) and `genfast.backe
 compiled backends are absent.
 
 Environment: GENFAST_CUDA=0 skips the CUDA kernels; GENFAST_CUDA_ARCHS="80;90" picks architectures;
-GENFAST_BUILD_TYPE=Debug builds with asserts; GENFAST_REQUIRE_EXT=1 makes a failed build an error.
+GENFAST_BUILD_TYPE=Debug builds with asserts; GENFAST_REQUIRE_EXT=1 makes a failed build an error;
+GENFAST_CUDA_EMULATION=1 also builds genfast._C_emulated, the CUDA kernels compiled for the CPU against
+kernels/host_emulation/ (the `cuda-emulated` backend; needs the CUDA toolkit's headers, not a GPU).
 """
 import os
 import shutil
@@ -63,6 +65,8 @@ class CMakeBuild(build_ext):
             f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
             f"-DGENFAST_CUDA={os.environ.get('GENFAST_CUDA', '1')}",
         ]
+        emulation = "ON" if os.environ.get("GENFAST_CUDA_EMULATION", "0") == "1" else "OFF"
+        args.append(f"-DGENFAST_CUDA_EMULATION={emulation}")
         archs = os.environ.get("GENFAST_CUDA_ARCHS")
         if archs:
             args.append(f"-DGENFAST_CUDA_ARCHS={archs}")

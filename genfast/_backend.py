@@ -1,9 +1,11 @@
-"""Backends and dispatch (design.md, "Backends and dispatch").
+"""Backends and dispatch (docs/design.md, "Backends and dispatch").
 
-Four implementations compute every op: `reference` (plain PyTorch, the oracle), `triton`, `cuda`
-(genfast._C's CUDA kernels) and `cpu` (genfast._C's C++ kernels). The default is chosen per device;
-`GENFAST_BACKEND=name` or `with genfast.use_backend(name):` forces one, and forcing one that cannot
-run is an error, never a silent fallback.
+Five implementations compute every op: `reference` (plain PyTorch, the oracle), `triton`, `cuda`
+(genfast._C's CUDA kernels), `cpu` (genfast._C's C++ kernels) and `cuda-emulated` (the CUDA kernels
+compiled for the host against kernels/host_emulation, run on CPU tensors: a test and debugging backend,
+never a default). The default is chosen per device; `GENFAST_BACKEND=name` or
+`with genfast.use_backend(name):` forces one, and forcing one that cannot run is an error, never a
+silent fallback.
 """
 from __future__ import annotations
 
@@ -16,7 +18,9 @@ import torch
 
 from genfast import _ext
 
-BACKENDS = ("reference", "triton", "cuda", "cpu")
+BACKENDS = ("reference", "triton", "cuda", "cpu", "cuda-emulated")
+# the backends that run genfast's compiled kernels (fp32 arithmetic: float32/float16/bfloat16 data)
+COMPILED = ("cpu", "cuda", "cuda-emulated")
 
 # The CUDA-tensor default per op: the faster of cuda/triton as recorded in benchmarks/RESULTS.md.
 # Until an op has been measured on a GPU its default is the compiled kernel, which has no JIT
@@ -52,6 +56,14 @@ def _triton_error() -> str | None:
     return None
 
 
+def _triton_built_for_interpreter() -> bool:
+    """Triton decides at import whether its own @jit functions are interpreted: TRITON_INTERPRET=1 set
+    after `import triton` lists the interpreter as on while every kernel would fail inside it."""
+    import triton.language.standard as standard
+
+    return type(standard.sigmoid).__name__ == "InterpretedFunction"
+
+
 def _cuda_runtime_ok() -> bool:
     return torch.cuda.is_available()
 
@@ -72,6 +84,13 @@ def backend_info(name: str) -> BackendInfo:
         if not _cuda_runtime_ok() or _ext._C.cuda_device_count() == 0:
             return BackendInfo(name, False, (), "no CUDA device is visible")
         return BackendInfo(name, True, ("cuda",), "genfast._C CUDA kernels")
+    if name == "cuda-emulated":
+        module = _ext.emulated()
+        if module is None:
+            return BackendInfo(name, False, (), _ext.emulated_error() or "")
+        checks = "with AddressSanitizer/UBSan" if getattr(module, "with_sanitizers", False) else "without sanitizers"
+        return BackendInfo(name, True, ("cpu",), f"the CUDA kernels on CPU tensors through the execution layer "
+                                                 f"({checks}); never chosen by default")
     if name == "triton":
         err = _triton_error()
         if err:
@@ -80,7 +99,13 @@ def backend_info(name: str) -> BackendInfo:
         if _cuda_runtime_ok():
             devices.append("cuda")
         if triton_interpret():
-            devices.append("cpu")
+            if not _triton_built_for_interpreter():
+                if not devices:
+                    return BackendInfo(name, False, (), "TRITON_INTERPRET=1 was set after triton was imported, so "
+                                                        "Triton's own functions were built for the compiler; set it "
+                                                        "before the first `import triton` (or `import genfast`)")
+            else:
+                devices.append("cpu")
         if not devices:
             return BackendInfo(name, False, (), "no CUDA device is visible (set TRITON_INTERPRET=1 to run on CPU tensors)")
         how = "interpreter on CPU tensors" if "cpu" in devices else "compiled"

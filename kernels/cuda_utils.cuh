@@ -1,5 +1,7 @@
 // Launch helpers shared by the CUDA kernels: error checks that throw (never abort), the device
-// guard and a grid size for grid-stride loops.
+// guard, a grid size for grid-stride loops, the launch macro and the 16-byte global access helpers.
+// The same source compiles with nvcc and, for genfast._C_emulated, with the host compiler against
+// kernels/host_emulation/ (which shadows <cuda_runtime.h>); the two differ only in the macros below.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -11,7 +13,12 @@
 namespace genfast {
 
 inline void cuda_check(cudaError_t err, const char* what) {
-  if (err != cudaSuccess) throw std::runtime_error(std::string("genfast CUDA error in ") + what + ": " + cudaGetErrorString(err));
+  if (err != cudaSuccess) {
+    // A failed runtime call also becomes the thread's last error: clear it, or the next launch's
+    // check_launch would report this failure again (found by the emulated tests).
+    cudaGetLastError();
+    throw std::runtime_error(std::string("genfast CUDA error in ") + what + ": " + cudaGetErrorString(err));
+  }
 }
 
 // Makes `device` current for this thread while a launcher runs.
@@ -39,6 +46,31 @@ inline unsigned grid_for(int64_t work_items, int threads, int device) {
 }
 
 inline void check_launch(const char* kernel) { cuda_check(cudaGetLastError(), kernel); }
+
+// Every launcher launches through this: GF_LAUNCH_KERNEL((kernel<T>), grid, block, smem, stream)(args...).
+// The kernel is parenthesized so that template arguments may contain commas.
+#if defined(GENFAST_CUDA_EMULATION)
+#define GF_LAUNCH_KERNEL(kernel, grid, block, smem, stream) GF_EMU_LAUNCH(kernel, grid, block, smem, stream)
+#define GF_CHECK_VECTOR_ACCESS(ptr, what) ::gf_emu::check_vector_access(ptr, 16, what)
+#else
+#define GF_UNPAREN(...) __VA_ARGS__
+#define GF_LAUNCH_KERNEL(kernel, grid, block, smem, stream) GF_UNPAREN kernel<<<grid, block, smem, stream>>>
+#define GF_CHECK_VECTOR_ACCESS(ptr, what) ((void)0)
+#endif
+
+// 16-byte global accesses. The pointer must be 16-byte aligned (a misaligned vector access faults on a
+// GPU); the emulation layer checks it on every call. Both go through intrinsics (ld.global.nc.v4,
+// st.global.cg.v4) rather than plain dereferences: the optimizer may split a plain 16-byte store into
+// four when a scalar tail path next to it stores the same addresses (it did, in the gradient-penalty
+// kernels); an intrinsic stays one 128-bit access. .cg caches the store in L2 only, as a plain store does.
+__device__ __forceinline__ uint4 load_global16(const void* p) {
+  GF_CHECK_VECTOR_ACCESS(p, "load");
+  return __ldg(reinterpret_cast<const uint4*>(p));
+}
+__device__ __forceinline__ void store_global16(void* p, uint4 v) {
+  GF_CHECK_VECTOR_ACCESS(p, "store");
+  __stcg(reinterpret_cast<uint4*>(p), v);
+}
 
 // fp32 <-> storage type conversions of the CUDA kernels (round to nearest even, like torch's .to()).
 template <typename T> __device__ __forceinline__ float to_f32(T v);

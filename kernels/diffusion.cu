@@ -1,8 +1,8 @@
 // CUDA kernel of genfast.ops.ddim_step / ddpm_step (math: kernels/diffusion.cuh).
 // Each thread step handles one group of 4 * kCPR consecutive elements (16 bytes of fp32, or of
 // fp16/bf16 with kCPR = 2): 16-byte loads and stores when aligned, kCPR Philox calls for the group's
-// noise (one call per four elements), int64 indices, grid-stride loop. Per-sample coefficients are
-// recomputed only when a group crosses into the next batch sample (no per-element division).
+// noise (one call per four elements), int64 indices. Per-sample coefficients are computed once per
+// sample a thread meets (see diffusion_step_kernel), reciprocals instead of per-element divisions.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -30,7 +30,7 @@ __device__ __forceinline__ void load_group(const T* __restrict__ ptr, int64_t i,
     alignas(16) T buf[kG];
 #pragma unroll
     for (int k = 0; k < kG * (int)sizeof(T) / 16; ++k)
-      reinterpret_cast<uint4*>(buf)[k] = __ldg(reinterpret_cast<const uint4*>(ptr + i) + k);
+      reinterpret_cast<uint4*>(buf)[k] = load_global16(reinterpret_cast<const uint4*>(ptr + i) + k);
 #pragma unroll
     for (int k = 0; k < kG; ++k) dst[k] = to_f32<T>(buf[k]);
   } else {
@@ -46,7 +46,8 @@ __device__ __forceinline__ void store_group(T* __restrict__ ptr, int64_t i, int6
 #pragma unroll
     for (int k = 0; k < kG; ++k) buf[k] = from_f32<T>(src[k]);
 #pragma unroll
-    for (int k = 0; k < kG * (int)sizeof(T) / 16; ++k) reinterpret_cast<uint4*>(ptr + i)[k] = reinterpret_cast<const uint4*>(buf)[k];
+    for (int k = 0; k < kG * (int)sizeof(T) / 16; ++k)
+      store_global16(reinterpret_cast<uint4*>(ptr + i) + k, reinterpret_cast<const uint4*>(buf)[k]);
   } else {
 #pragma unroll
     for (int k = 0; k < kG; ++k)
@@ -58,8 +59,32 @@ __device__ __forceinline__ float alpha_at(const float* ptr, bool each, float val
   return ptr ? ptr[each ? b : 0] : value;
 }
 
+// Coefficients (and the thresholding scale) of sample b.
+struct SampleCoeffs {
+  StepCoeffs c;
+  float s, inv_s;
+};
+
+__device__ __forceinline__ SampleCoeffs sample_coeffs(const StepParams& p, const float* at_ptr, const float* ap_ptr,
+                                                      const float* lo_ptr, const float* hi_ptr, bool thresholding,
+                                                      int64_t b) {
+  SampleCoeffs sc;
+  sc.c = step_coeffs(p.kind, p.variance_type, p.noise_mode, p.eta, alpha_at(at_ptr, p.alpha_t_per_sample, p.alpha_t, b),
+                     alpha_at(ap_ptr, p.alpha_prev_per_sample, p.alpha_prev, b));
+  sc.s = thresholding ? threshold_scale(lo_ptr[b], hi_ptr[b], p.thresh_weight, p.thresh_max) : 1.0f;
+  sc.inv_s = 1.0f / sc.s;
+  return sc;
+}
+
+// Each block owns a contiguous range of groups (groups_per_block, a multiple of blockDim.x) and its
+// threads stride through it by blockDim.x groups, so consecutive groups of one thread lie in the same
+// batch sample for inner / (blockDim.x * kG) steps: the per-sample coefficients are recomputed only when
+// the sample changes, and the sample index (b, r: position in the sample) advances by the constant
+// stride (step_samples, step_rest) instead of an int64 division per group.
 template <typename T, int kCPR>
-__global__ void __launch_bounds__(256) diffusion_step_kernel(const StepParams p, bool aligned) {
+__global__ void __launch_bounds__(256) diffusion_step_kernel(const StepParams p, bool aligned, bool learned_vec,
+                                                              int64_t groups_per_block, int64_t step_samples,
+                                                              int64_t step_rest) {
   constexpr int kG = 4 * kCPR;
   const uint64_t seed = p.seed_ptr ? static_cast<uint64_t>(*reinterpret_cast<const int64_t*>(p.seed_ptr)) : p.seed;
   const uint64_t offset = p.offset_ptr ? static_cast<uint64_t>(*reinterpret_cast<const int64_t*>(p.offset_ptr)) : p.offset;
@@ -73,20 +98,34 @@ __global__ void __launch_bounds__(256) diffusion_step_kernel(const StepParams p,
   const bool learned = p.kind == kDDPM && (p.variance_type == kLearned || p.variance_type == kLearnedRange);
   const bool thresholding = p.thresh_lo != 0 && !p.mode_abs_x0;
   const bool per_sample = p.alpha_t_per_sample || p.alpha_prev_per_sample || thresholding;
+  const bool track = per_sample || learned;  // the sample index of each group is needed
   const bool with_noise = !p.mode_abs_x0 && p.noise_mode != kNoiseNever && p.noise_src != kSrcNone;
   const int64_t n = p.n, inner = p.inner;
-  const StepCoeffs base = step_coeffs(p.kind, p.variance_type, p.noise_mode, p.eta, alpha_at(at_ptr, false, p.alpha_t, 0),
-                                      alpha_at(ap_ptr, false, p.alpha_prev, 0));
+  SampleCoeffs cur;
+  cur.c = step_coeffs(p.kind, p.variance_type, p.noise_mode, p.eta, alpha_at(at_ptr, false, p.alpha_t, 0),
+                      alpha_at(ap_ptr, false, p.alpha_prev, 0));
+  cur.s = cur.inv_s = 1.0f;
+  int64_t cur_b = -1;  // the sample `cur` belongs to (per_sample only)
   const int64_t groups = (n + kG - 1) / kG;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t g = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; g < groups; g += stride) {
+  const int64_t g_begin = static_cast<int64_t>(blockIdx.x) * groups_per_block;
+  const int64_t g_end = min(g_begin + groups_per_block, groups);
+  int64_t g = g_begin + threadIdx.x;
+  int64_t b = 0, r = 0;
+  if (track && g < g_end) {
+    b = g * kG / inner;
+    r = g * kG - b * inner;
+  }
+  for (; g < g_end; g += blockDim.x) {
     const int64_t i0 = g * kG;
     const int64_t n_valid = n - i0 < kG ? n - i0 : kG;
     const bool vec = aligned && n_valid == kG;
+    const bool crosses = track && r + n_valid > inner;  // the group spans two or more samples
+    if (per_sample && cur_b != b) {
+      cur = sample_coeffs(p, at_ptr, ap_ptr, lo_ptr, hi_ptr, thresholding, b);
+      cur_b = b;
+    }
     float x[kG], m[kG], v[kG], z[kG], prev[kG], x0[kG];
     load_group<T, kG>(sample, i0, n_valid, vec, x);
-    int64_t b = per_sample || learned ? i0 / inner : 0;
-    const int64_t b_last = per_sample || learned ? (i0 + n_valid - 1) / inner : 0;
     if (!learned) {
       load_group<T, kG>(model, i0, n_valid, vec, m);
       if (p.guidance) {
@@ -95,14 +134,27 @@ __global__ void __launch_bounds__(256) diffusion_step_kernel(const StepParams p,
 #pragma unroll
         for (int k = 0; k < kG; ++k) m[k] = m[k] + p.guidance_scale * (c[k] - m[k]);
       }
+    } else if (learned_vec && !crosses) {
+      // 2C channels: prediction at b*2*inner + j, variance inner elements later; inner % kG == 0 and
+      // aligned pointers make both 16-byte accesses.
+      const int64_t mi = i0 + b * inner;
+      load_group<T, kG>(model, mi, n_valid, vec, m);
+      if (p.guidance) {
+        float c[kG];
+        load_group<T, kG>(cond, mi, n_valid, vec, c);
+#pragma unroll
+        for (int k = 0; k < kG; ++k) m[k] = m[k] + p.guidance_scale * (c[k] - m[k]);
+      }
+      load_group<T, kG>(p.guidance ? cond : model, mi + inner, n_valid, vec, v);
     } else {
-      // 2C channels: prediction at b*2*inner + j, variance inner elements later (scalar loads)
-      int64_t bb = b;
+      int64_t bb = b, rr = r;
 #pragma unroll
       for (int k = 0; k < kG; ++k) {
-        const int64_t i = i0 + k;
-        if (i >= (bb + 1) * inner) ++bb;
-        const int64_t mi = i + bb * inner;
+        if (rr == inner) {
+          rr = 0;
+          ++bb;
+        }
+        const int64_t mi = i0 + k + bb * inner;
         if (k < n_valid) {
           float mm = to_f32<T>(model[mi]);
           if (p.guidance) mm = mm + p.guidance_scale * (to_f32<T>(cond[mi]) - mm);
@@ -112,6 +164,7 @@ __global__ void __launch_bounds__(256) diffusion_step_kernel(const StepParams p,
           m[k] = 0.0f;
           v[k] = 1.0f;
         }
+        ++rr;
       }
     }
     if (with_noise) {
@@ -129,49 +182,70 @@ __global__ void __launch_bounds__(256) diffusion_step_kernel(const StepParams p,
         for (int k = 0; k < kG; ++k) z[k] = k < n_valid ? load_any(p.noise, p.noise_dtype, i0 + k) : 0.0f;
       }
     }
-    StepCoeffs c = base;
-    float s = 1.0f;
-    if (per_sample) {
-      c = step_coeffs(p.kind, p.variance_type, p.noise_mode, p.eta, alpha_at(at_ptr, p.alpha_t_per_sample, p.alpha_t, b),
-                      alpha_at(ap_ptr, p.alpha_prev_per_sample, p.alpha_prev, b));
-      if (thresholding) s = threshold_scale(lo_ptr[b], hi_ptr[b], p.thresh_weight, p.thresh_max);
-    }
-    if (p.mode_abs_x0) {
-      float* out = reinterpret_cast<float*>(p.out);
-      for (int k = 0; k < n_valid; ++k) {
-        if (per_sample && b != b_last && i0 + k >= (b + 1) * inner) {
-          ++b;
-          c = step_coeffs(p.kind, p.variance_type, p.noise_mode, p.eta, alpha_at(at_ptr, p.alpha_t_per_sample, p.alpha_t, b),
-                          alpha_at(ap_ptr, p.alpha_prev_per_sample, p.alpha_prev, b));
-        }
-        out[i0 + k] = fabsf(step_x0(p.prediction_type, c, x[k], m[k]));
-      }
-      continue;
-    }
+    if (!crosses) {
+      if (p.mode_abs_x0) {
+        float* out = reinterpret_cast<float*>(p.out);
 #pragma unroll
-    for (int k = 0; k < kG; ++k) {
-      if (per_sample && b != b_last && i0 + k >= (b + 1) * inner && k < n_valid) {  // the group crosses a sample
-        ++b;
-        c = step_coeffs(p.kind, p.variance_type, p.noise_mode, p.eta, alpha_at(at_ptr, p.alpha_t_per_sample, p.alpha_t, b),
-                        alpha_at(ap_ptr, p.alpha_prev_per_sample, p.alpha_prev, b));
-        if (thresholding) s = threshold_scale(lo_ptr[b], hi_ptr[b], p.thresh_weight, p.thresh_max);
+        for (int k = 0; k < kG; ++k)  // unrolled over kG (not n_valid): x[] and m[] stay in registers
+          if (k < n_valid) out[i0 + k] = fabsf(step_x0<ReciprocalMultiply>(p.prediction_type, cur.c, x[k], m[k]));
+      } else {
+#pragma unroll
+        for (int k = 0; k < kG; ++k)
+          prev[k] = step_element<ReciprocalMultiply>(p, cur.c, x[k], m[k], v[k], z[k], with_noise, thresholding, cur.s,
+                                                     x0[k], cur.inv_s);
       }
-      prev[k] = step_element(p, c, x[k], m[k], v[k], z[k], with_noise, thresholding, s, x0[k]);
+    } else {  // rare: walk the elements, switching coefficients at each sample boundary
+      SampleCoeffs sc = cur;
+      int64_t rr = r, bb = b;
+#pragma unroll
+      for (int k = 0; k < kG; ++k) {
+        if (k >= n_valid) break;
+        if (rr == inner) {
+          rr = 0;
+          ++bb;
+          if (per_sample) sc = sample_coeffs(p, at_ptr, ap_ptr, lo_ptr, hi_ptr, thresholding, bb);
+        }
+        if (p.mode_abs_x0) {
+          reinterpret_cast<float*>(p.out)[i0 + k] = fabsf(step_x0<ReciprocalMultiply>(p.prediction_type, sc.c, x[k], m[k]));
+        } else {
+          prev[k] = step_element<ReciprocalMultiply>(p, sc.c, x[k], m[k], v[k], z[k], with_noise, thresholding, sc.s,
+                                                     x0[k], sc.inv_s);
+        }
+        ++rr;
+      }
     }
-    store_group<T, kG>(reinterpret_cast<T*>(p.out), i0, n_valid, vec, prev);
-    if (p.out_x0) store_group<T, kG>(reinterpret_cast<T*>(p.out_x0), i0, n_valid, vec, x0);
+    if (!p.mode_abs_x0) {
+      store_group<T, kG>(reinterpret_cast<T*>(p.out), i0, n_valid, vec, prev);
+      if (p.out_x0) store_group<T, kG>(reinterpret_cast<T*>(p.out_x0), i0, n_valid, vec, x0);
+    }
+    if (track) {  // next group of this thread: blockDim.x * kG elements on
+      b += step_samples;
+      r += step_rest;
+      if (r >= inner) {
+        r -= inner;
+        ++b;
+      }
+    }
   }
 }
 
 template <typename T, int kCPR>
 void launch(const StepParams& p, cudaStream_t stream, int device) {
   constexpr int kThreads = 256;
-  const int64_t groups = (p.n + 4 * kCPR - 1) / (4 * kCPR);
+  constexpr int kG = 4 * kCPR;
+  const int64_t groups = (p.n + kG - 1) / kG;
   auto a16 = [](uintptr_t ptr) { return ptr % 16 == 0; };
   const bool learned = p.kind == kDDPM && (p.variance_type == kLearned || p.variance_type == kLearnedRange);
   const bool aligned = a16(p.sample) && a16(p.out) && a16(p.out_x0) && (learned || a16(p.model)) &&
                        (learned || !p.guidance || a16(p.cond)) && !p.mode_abs_x0;
-  diffusion_step_kernel<T, kCPR><<<grid_for(groups, kThreads, device), kThreads, 0, stream>>>(p, aligned);
+  // learned: the model rows start at b * 2 * inner, 16-byte aligned only if inner is a multiple of kG
+  const bool learned_vec = learned && aligned && p.inner % kG == 0 && a16(p.model) && (!p.guidance || a16(p.cond));
+  const unsigned grid = grid_for(groups, kThreads, device);
+  const int64_t per_block = ((groups + grid - 1) / grid + kThreads - 1) / kThreads * kThreads;
+  const unsigned blocks = static_cast<unsigned>((groups + per_block - 1) / per_block);
+  const int64_t stride = static_cast<int64_t>(kThreads) * kG;
+  GF_LAUNCH_KERNEL((diffusion_step_kernel<T, kCPR>), blocks, kThreads, 0, stream)(p, aligned, learned_vec, per_block,
+                                                                                   stride / p.inner, stride % p.inner);
   check_launch("diffusion_step_kernel");
 }
 

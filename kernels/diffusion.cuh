@@ -47,6 +47,7 @@ struct StepCoeffs {
   float c_x0, c_x;       // DDPM: posterior mean coefficients
   float std;             // noise std (fixed variance types, DDIM); 0 where no noise
   float log_var, log_beta, mask;  // DDPM learned types: log of the clamped posterior variance, log beta_t
+  float inv_sa, inv_sb;  // 1 / sa, 1 / sb: the CUDA kernel multiplies instead of dividing per element
 };
 
 GF_HD float gf_sqrt(float v) { return sqrtf(v); }
@@ -57,6 +58,8 @@ GF_HD StepCoeffs step_coeffs(int kind, int variance_type, int noise_mode, float 
   c.sa = gf_sqrt(a_t);
   c.sb = gf_sqrt(beta_t);
   c.sap = gf_sqrt(a_p);
+  c.inv_sa = 1.0f / c.sa;
+  c.inv_sb = 1.0f / c.sb;
   c.mask = (noise_mode == kNoiseAuto) ? (a_p < 1.0f ? 1.0f : 0.0f) : 1.0f;
   if (kind == kDDIM) {
     const float var = (1.0f - a_p) / beta_t * (1.0f - a_t / a_p);
@@ -85,8 +88,11 @@ GF_HD StepCoeffs step_coeffs(int kind, int variance_type, int noise_mode, float 
   return c;
 }
 
-// Clamp that keeps NaN (torch.clamp semantics).
-GF_HD float clamp_nan(float v, float lo, float hi) { return v < lo ? lo : (v > hi ? hi : v); }
+// torch.clamp: max with lo, then min with hi (so lo > hi gives hi everywhere); NaN stays NaN.
+GF_HD float clamp_nan(float v, float lo, float hi) {
+  const float t = v < lo ? lo : v;
+  return t > hi ? hi : t;
+}
 
 // The dynamic-thresholding scale s of one sample: torch.quantile's linear interpolation between the
 // two bracketing order statistics, clamped to [1, max_value].
@@ -95,23 +101,37 @@ GF_HD float threshold_scale(float lo, float hi, float weight, float max_value) {
   return clamp_nan(q, 1.0f, max_value);
 }
 
+// How the step divides by sqrt(alpha_t), sqrt(1 - alpha_t) and the thresholding scale: the CPU kernels
+// divide (IEEE); the CUDA kernel multiplies by reciprocals computed once per sample (an IEEE divide is a
+// dozen instructions on the GPU, where the noisy fp16/bf16 steps are issue-bound). Same formula, within
+// an ulp or two.
+struct ExactDivision {
+  GF_HD static float div(float a, float b, float /*inv_b*/) { return a / b; }
+};
+struct ReciprocalMultiply {
+  GF_HD static float div(float a, float /*b*/, float inv_b) { return a * inv_b; }
+};
+
 // Predicted x0 before clipping.
+template <typename Div = ExactDivision>
 GF_HD float step_x0(int prediction_type, const StepCoeffs& c, float x, float m) {
   switch (prediction_type) {
-    case kEpsilon: return (x - c.sb * m) / c.sa;
+    case kEpsilon: return Div::div(x - c.sb * m, c.sa, c.inv_sa);
     case kSample: return m;
     default: return c.sa * x - c.sb * m;
   }
 }
 
 // One element of the step. m: the (guided) prediction; v: predicted variance (learned types);
-// z: the noise value (ignored when !with_noise); s: thresholding scale (when thresholding).
+// z: the noise value (ignored when !with_noise); s: thresholding scale (when thresholding; inv_s = 1 / s
+// for the ReciprocalMultiply kernel).
+template <typename Div = ExactDivision>
 GF_HD float step_element(const StepParams& p, const StepCoeffs& c, float x, float m, float v, float z, bool with_noise,
-                         bool thresholding, float s, float& x0_out) {
-  const float x0 = step_x0(p.prediction_type, c, x, m);
+                         bool thresholding, float s, float& x0_out, float inv_s = 1.0f) {
+  const float x0 = step_x0<Div>(p.prediction_type, c, x, m);
   float x0c = x0;
   if (thresholding) {
-    x0c = clamp_nan(x0, -s, s) / s;
+    x0c = Div::div(clamp_nan(x0, -s, s), s, inv_s);
   } else if (p.clip) {
     x0c = clamp_nan(x0, -p.clip_range, p.clip_range);
   }
@@ -120,11 +140,11 @@ GF_HD float step_element(const StepParams& p, const StepCoeffs& c, float x, floa
   if (p.kind == kDDIM) {
     float eps;
     if (p.use_clipped) {
-      eps = (x - c.sa * x0c) / c.sb;
+      eps = Div::div(x - c.sa * x0c, c.sb, c.inv_sb);
     } else {
       switch (p.prediction_type) {
         case kEpsilon: eps = m; break;
-        case kSample: eps = (x - c.sa * x0) / c.sb; break;
+        case kSample: eps = Div::div(x - c.sa * x0, c.sb, c.inv_sb); break;
         default: eps = c.sa * m + c.sb * x; break;
       }
     }
@@ -137,7 +157,7 @@ GF_HD float step_element(const StepParams& p, const StepCoeffs& c, float x, floa
       if (p.variance_type == kLearned) {
         std = sqrtf(v) * c.mask;
       } else if (p.variance_type == kLearnedRange) {
-        const float frac = (v + 1.0f) / 2.0f;
+        const float frac = (v + 1.0f) * 0.5f;  // exact: the same as / 2
         std = expf(0.5f * (frac * c.log_beta + (1.0f - frac) * c.log_var)) * c.mask;
       }
       prev = prev + std * z;

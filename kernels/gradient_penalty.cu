@@ -14,7 +14,9 @@ namespace {
 constexpr int kThreads = 256;
 
 
-template <typename T> struct Pack {  // 16 bytes of T
+// 16 bytes of T. alignas(16): with only alignof(T), nvcc cannot prove the 16-byte alignment and splits
+// every access into 2- or 4-byte ones.
+template <typename T> struct alignas(16) Pack {
   static constexpr int N = 16 / sizeof(T);
   T v[N];
 };
@@ -24,7 +26,8 @@ template <typename T>
 __device__ __forceinline__ void load_pack(const T* p, int64_t j, int64_t row, bool vec, float (&x)[Pack<T>::N]) {
   constexpr int N = Pack<T>::N;
   if (vec && j + N <= row) {
-    Pack<T> pk = *reinterpret_cast<const Pack<T>*>(p + j);
+    Pack<T> pk;
+    *reinterpret_cast<uint4*>(&pk) = load_global16(p + j);
 #pragma unroll
     for (int k = 0; k < N; ++k) x[k] = to_f32(pk.v[k]);
   } else {
@@ -37,10 +40,10 @@ template <typename T>
 __device__ __forceinline__ void store_pack(T* p, int64_t j, int64_t row, bool vec, const float (&x)[Pack<T>::N]) {
   constexpr int N = Pack<T>::N;
   if (vec && j + N <= row) {
-    Pack<T> pk;
+    alignas(16) T buf[N];
 #pragma unroll
-    for (int k = 0; k < N; ++k) pk.v[k] = from_f32<T>(x[k]);
-    *reinterpret_cast<Pack<T>*>(p + j) = pk;
+    for (int k = 0; k < N; ++k) buf[k] = from_f32<T>(x[k]);
+    store_global16(p + j, *reinterpret_cast<const uint4*>(buf));
   } else {
     for (int k = 0; k < N && j + k < row; ++k) p[j + k] = from_f32<T>(x[k]);
   }
@@ -169,7 +172,7 @@ void launch_interpolate(uintptr_t real, uintptr_t fake, uintptr_t out, uintptr_t
                         int64_t row, StreamArgs rng, cudaStream_t s) {
   const int64_t chunks = tile_chunks(row, Pack<T>::N);
   check_grid(batch * chunks);
-  interpolate_kernel<T><<<static_cast<unsigned>(batch * chunks), kThreads, 0, s>>>(
+  GF_LAUNCH_KERNEL((interpolate_kernel<T>), static_cast<unsigned>(batch * chunks), kThreads, 0, s)(
       reinterpret_cast<const T*>(real), reinterpret_cast<const T*>(fake), reinterpret_cast<T*>(out),
       reinterpret_cast<const void*>(alpha), alpha_dtype, row, chunks, rng.seed, rng.offset,
       reinterpret_cast<const int64_t*>(rng.seed_ptr), reinterpret_cast<const int64_t*>(rng.offset_ptr),
@@ -190,7 +193,10 @@ void launch_norm_penalty(uintptr_t grad, uintptr_t norms, uintptr_t penalty, uin
   check_grid(batch * chunks);
   // partials: batch * chunks <= max(batch, 1024) floats, allocated by the caller (torch's allocator)
   check_arg(batch * chunks <= capacity, "partials: buffer too small (needs max(B, 1024) floats)");
-  norm_penalty_kernel<T><<<static_cast<unsigned>(batch * chunks), kThreads, 0, s>>>(
+  // The ticket counter is zeroed on the stream before every launch, so each launch owns a fresh count
+  // (the caller passes a per-call counter; the last block still resets it, for callers that reuse one).
+  cuda_check(cudaMemsetAsync(reinterpret_cast<void*>(counter), 0, sizeof(unsigned int), s), "cudaMemsetAsync (gp ticket counter)");
+  GF_LAUNCH_KERNEL((norm_penalty_kernel<T>), static_cast<unsigned>(batch * chunks), kThreads, 0, s)(
       reinterpret_cast<const T*>(grad), reinterpret_cast<float*>(partials), reinterpret_cast<unsigned int*>(counter),
       reinterpret_cast<float*>(norms),
       reinterpret_cast<T*>(penalty), batch, row, chunks, chunk_len, weight, center, mode, vectorizable<T>(row, {grad}));
@@ -202,7 +208,7 @@ void launch_backward(uintptr_t grad_out, uintptr_t grad, uintptr_t norms, uintpt
                      float weight, float center, int mode, cudaStream_t s) {
   const int64_t chunks = tile_chunks(row, Pack<T>::N);
   check_grid(batch * chunks);
-  norm_penalty_backward_kernel<T><<<static_cast<unsigned>(batch * chunks), kThreads, 0, s>>>(
+  GF_LAUNCH_KERNEL((norm_penalty_backward_kernel<T>), static_cast<unsigned>(batch * chunks), kThreads, 0, s)(
       reinterpret_cast<const T*>(grad_out), reinterpret_cast<const T*>(grad), reinterpret_cast<const float*>(norms),
       reinterpret_cast<T*>(out), row, chunks, weight / static_cast<float>(batch), center, mode,
       vectorizable<T>(row, {grad, out}));

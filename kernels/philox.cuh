@@ -58,18 +58,39 @@ GF_HD F32x4 uniform4(U32x4 r) {
   return F32x4{word_to_uniform(r.x), word_to_uniform(r.y), word_to_uniform(r.z), word_to_uniform(r.w)};
 }
 
+// sin and cos of the Box-Muller angle a = fl(fl(2 pi) * u), u in (0, 1]: a in [0, 2 pi]. Not sincosf: for
+// a bounded angle a short exact reduction suffices, while sincosf carries a general one (Payne-Hanek for
+// huge arguments) that on the GPU costs a stack frame, local-memory traffic and registers in every
+// kernel that draws normals. Quadrant k = rint(a * 2/pi) in 0..4; r = a - k pi/2 with pi/2 split in three
+// floats (k C1 - a is exact in the FMA: k has 3 bits); Taylor polynomials on |r| <= pi/4 (truncation
+// below 2^-28 relative): within 2 ulps of sin/cos of the same fp32 angle.
+GF_HD void sincos_box_muller(float a, float& s, float& c) {
+  const float k = rintf(a * 0.636619746685028076171875f);
+  float r = fmaf(-k, 1.57079637050628662109375f, a);
+  r = fmaf(-k, -4.37113882867379300296306610107421875e-08f, r);
+  r = fmaf(-k, -1.71512451000588189e-15f, r);
+  const float r2 = r * r;
+  const float sp = r + r * r2 * (-1.0f / 6.0f + r2 * (1.0f / 120.0f + r2 * (-1.0f / 5040.0f + r2 * (1.0f / 362880.0f))));
+  const float cp = 1.0f + r2 * (-0.5f + r2 * (1.0f / 24.0f + r2 * (-1.0f / 720.0f + r2 * (1.0f / 40320.0f + r2 * (-1.0f / 3628800.0f)))));
+  const int q = static_cast<int>(k) & 3;
+  s = (q & 1) ? cp : sp;
+  c = (q & 1) ? sp : cp;
+  if (q == 1 || q == 2) c = -c;
+  if (q >= 2) s = -s;
+}
+
 // Box-Muller on (u0, u1) -> (n0, n1) and (u2, u3) -> (n2, n3).
 GF_HD void box_muller(float u0, float u1, float& n0, float& n1) {
-  float radius = sqrtf(-2.0f * logf(u0));
+  const float t = -2.0f * logf(u0);  // > 0: u0 < 1 always
+#if defined(__CUDA_ARCH__)
+  const float radius = t * rsqrtf(t);  // within 2 ulps of sqrtf, without its range check and slow path
+#else
+  const float radius = sqrtf(t);
+#endif
   // The angle is the fp32 product fl(2*pi) * u1 on every backend, so they agree to a few ulps.
   const float angle = 6.28318548202514648438f * u1;
   float s, c;
-#if defined(__CUDA_ARCH__)
-  sincosf(angle, &s, &c);
-#else
-  s = std::sin(angle);
-  c = std::cos(angle);
-#endif
+  sincos_box_muller(angle, s, c);
   n0 = radius * c;
   n1 = radius * s;
 }

@@ -36,7 +36,7 @@ __global__ void random_fill_kernel(T* __restrict__ out, int64_t n, uint64_t seed
       constexpr int kVec = kElems * sizeof(T) / 16;
 #pragma unroll
       for (int k = 0; k < kVec; ++k)
-        reinterpret_cast<uint4*>(out + base)[k] = reinterpret_cast<const uint4*>(vals)[k];
+        store_global16(reinterpret_cast<uint4*>(out + base) + k, reinterpret_cast<const uint4*>(vals)[k]);
     } else {
       for (int k = 0; k < kElems && base + k < n; ++k) out[base + k] = vals[k];
     }
@@ -48,7 +48,7 @@ void launch(uintptr_t out, int64_t n, StreamArgs rng, bool normal, cudaStream_t 
   constexpr int kThreads = 256;
   const int64_t groups = (n + 4 * kCounters - 1) / (4 * kCounters);
   const bool aligned = (out % 16) == 0;
-  random_fill_kernel<T, kCounters><<<grid_for(groups, kThreads, device), kThreads, 0, stream>>>(
+  GF_LAUNCH_KERNEL((random_fill_kernel<T, kCounters>), grid_for(groups, kThreads, device), kThreads, 0, stream)(
       reinterpret_cast<T*>(out), n, rng.seed, rng.offset, reinterpret_cast<const int64_t*>(rng.seed_ptr),
       reinterpret_cast<const int64_t*>(rng.offset_ptr), normal, aligned);
   check_launch("random_fill_kernel");

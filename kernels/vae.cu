@@ -57,14 +57,21 @@ __device__ __forceinline__ void draw(float (&eps)[G], int64_t i, uint64_t seed, 
       eps[4 * c] = v.x; eps[4 * c + 1] = v.y; eps[4 * c + 2] = v.z; eps[4 * c + 3] = v.w;
     }
   } else {
-    int64_t q = -1;
-    F32x4 v{0.f, 0.f, 0.f, 0.f};
+    // The range starts r0 = i % 4 words into counter i / 4 and spans G / 4 + 1 counters: draw them all,
+    // then shift the G + 4 values left by r0 in two selects per value (a shift by r0 & 1, then r0 & 2),
+    // so every index stays static: registers, no local memory, one copy of the Philox code per counter.
+    const int r0 = static_cast<int>(i & 3);
+    float flat[G + 4];
 #pragma unroll
-    for (int k = 0; k < G; ++k) {
-      const int64_t e = i + k;
-      if (e / 4 != q) { q = e / 4; v = normal4(philox_block(seed, offset, static_cast<uint64_t>(q))); }
-      eps[k] = component(v, static_cast<int>(e % 4));
+    for (int c = 0; c < G / 4 + 1; ++c) {
+      const F32x4 v = normal4(philox_block(seed, offset, static_cast<uint64_t>(i / 4 + c)));
+      flat[4 * c] = v.x; flat[4 * c + 1] = v.y; flat[4 * c + 2] = v.z; flat[4 * c + 3] = v.w;
     }
+    float half_shifted[G + 2];
+#pragma unroll
+    for (int k = 0; k < G + 2; ++k) half_shifted[k] = (r0 & 1) ? flat[k + 1] : flat[k];
+#pragma unroll
+    for (int k = 0; k < G; ++k) eps[k] = (r0 & 2) ? half_shifted[k + 2] : half_shifted[k];
   }
 }
 
@@ -73,7 +80,7 @@ template <typename T, int G>
 __device__ __forceinline__ void load_g(float (&out)[G], const T* p, int n, bool vec) {
   if (vec) {
     alignas(16) T tmp[G];
-    *reinterpret_cast<uint4*>(tmp) = __ldg(reinterpret_cast<const uint4*>(p));
+    *reinterpret_cast<uint4*>(tmp) = load_global16(p);
 #pragma unroll
     for (int k = 0; k < G; ++k) out[k] = to_f32<T>(tmp[k]);
   } else {
@@ -88,7 +95,7 @@ __device__ __forceinline__ void store_g(T* p, const float (&v)[G], int n, bool v
     alignas(16) T tmp[G];
 #pragma unroll
     for (int k = 0; k < G; ++k) tmp[k] = from_f32<T>(v[k]);
-    *reinterpret_cast<uint4*>(p) = *reinterpret_cast<const uint4*>(tmp);
+    store_global16(p, *reinterpret_cast<const uint4*>(tmp));
   } else {
 #pragma unroll
     for (int k = 0; k < G; ++k) if (k < n) p[k] = from_f32<T>(v[k]);
@@ -237,7 +244,7 @@ void vae_forward_cuda(uintptr_t mu, uintptr_t logvar, uintptr_t noise, uintptr_t
   float* cp = col_sums ? reinterpret_cast<float*>(col_part) : nullptr;
   switch (dtype) {
 #define GF_LAUNCH(T, G)                                                                                          \
-  vae_forward_kernel<T, G><<<grid, kThreads, 0, s>>>(                                                              \
+  GF_LAUNCH_KERNEL((vae_forward_kernel<T, G>), grid, kThreads, 0, s)(                                             \
       reinterpret_cast<const T*>(mu), reinterpret_cast<const T*>(logvar), reinterpret_cast<const T*>(noise),       \
       reinterpret_cast<T*>(z), reinterpret_cast<float*>(row_part), cp, B, D, geo.tpr, geo.rows_per_group, rng.seed, \
       rng.offset, sp, op, c, vec)
@@ -269,7 +276,7 @@ void vae_backward_cuda(uintptr_t grad_z, uintptr_t grad_rows, uintptr_t grad_col
   auto op = reinterpret_cast<const int64_t*>(rng.offset_ptr);
   switch (dtype) {
 #define GF_LAUNCH(T, G)                                                                                             \
-  vae_backward_kernel<T, G><<<grid, kThreads, 0, s>>>(                                                              \
+  GF_LAUNCH_KERNEL((vae_backward_kernel<T, G>), grid, kThreads, 0, s)(                                             \
       reinterpret_cast<const T*>(grad_z), reinterpret_cast<const float*>(grad_rows),                                \
       reinterpret_cast<const float*>(grad_cols), reinterpret_cast<const T*>(mu), reinterpret_cast<const T*>(logvar), \
       reinterpret_cast<const T*>(noise), reinterpret_cast<T*>(grad_mu), reinterpret_cast<T*>(grad_logvar), B, D,    \

@@ -8,7 +8,7 @@ from genfast import _backend
 
 def test_backends_report_every_backend_with_a_reason():
     info = genfast.backends()
-    assert set(info) == {"reference", "triton", "cuda", "cpu"}
+    assert set(info) == {"reference", "triton", "cuda", "cpu", "cuda-emulated"}
     assert info["reference"].available
     for b in info.values():
         assert b.reason, f"{b.name} has no reason"

@@ -214,18 +214,18 @@ def test_bad_plot_path_is_refused_before_any_timing(tmp_path, monkeypatch, name,
 
 @pytest.mark.skipif(not genfast.backends()["cpu"].available, reason="the cpu backend is not built")
 @pytest.mark.parametrize("op, module, table", [
-    ("random", "genfast.ops.random", "_FILL"),  # a forward kernel
-    ("gradient_penalty", "genfast.ops.gradient_penalty", "_NORM_PENALTY_BWD"),  # a backward kernel
+    ("random", "genfast.ops.random", "random_fill"),  # a forward kernel
+    ("gradient_penalty", "genfast.ops.gradient_penalty", "norm_penalty_backward_kernel"),  # a backward kernel
 ])
 def test_a_wrong_kernel_is_caught_before_timing(monkeypatch, capsys, op, module, table):
     import importlib
 
-    kernels = getattr(importlib.import_module(module), table)
+    kernels = getattr(importlib.import_module(module), table).impls
     right = kernels["cpu"]
 
-    def off_by_a_tenth_of_a_percent(*args):
-        right(*args)
-        args[-1].mul_(1.001) if table == "_NORM_PENALTY_BWD" else args[0].mul_(1.001)
+    def off_by_a_tenth_of_a_percent(launch, *args):  # the output: last argument of the backward, first of random
+        right(launch, *args)
+        args[-1].mul_(1.001) if table == "norm_penalty_backward_kernel" else args[0].mul_(1.001)
 
     monkeypatch.setitem(kernels, "cpu", off_by_a_tenth_of_a_percent)
     with pytest.raises(RuntimeError, match=f"{op} .*cpu backend disagrees with the reference"):

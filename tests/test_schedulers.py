@@ -258,15 +258,15 @@ def test_bad_input_names_the_argument():
     with pytest.raises(ValueError, match="model_output"):
         s.step(torch.randn(2, 3, 6, 6), 10, x)
     with pytest.raises(TypeError, match="model_output"):
-        s.step(x.half(), 10, x)
+        s.step(x.long(), 10, x)
     with pytest.raises(TypeError, match="model_output"):
         s.step(x.numpy(), 10, x)
     p = gs.DDPMScheduler()
     p.set_timesteps(10)
     with pytest.raises(ValueError, match="timestep"):
         p.step(x, 5, x)  # not one of the inference timesteps
-    with pytest.raises(ValueError, match="variance_type"):
-        gs.DDPMScheduler(variance_type="bogus")
+    with pytest.raises(ValueError, match="beta_schedule"):
+        gs.DDPMScheduler(beta_schedule="bogus")
     q = gs.DDPMScheduler(variance_type="learned_range")
     with pytest.raises(ValueError, match="model_output"):
         q.step(x, 5, x)
@@ -355,6 +355,14 @@ def test_imports_without_diffusers(monkeypatch):
         p = mod.DDPMScheduler(num_train_timesteps=50)
         p.set_timesteps(5)
         assert p.step(x, p.timesteps[-1], x).prev_sample.shape == x.shape
+        for cls in ("EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "DPMSolverMultistepScheduler"):
+            e = getattr(mod, cls).from_config(dict(num_train_timesteps=50, prediction_type="v_prediction"))
+            e.set_timesteps(4)
+            for t in e.timesteps:
+                out = e.step(x, t, e.scale_model_input(x, t), generator=torch.Generator().manual_seed(0))
+                assert out.prev_sample.shape == x.shape and out[0] is out.prev_sample
+            assert e.config.prediction_type == "v_prediction"
+        assert mod.from_diffusers(e) is e
     finally:
         for name in list(sys.modules):
             if name.startswith("genfast.schedulers"):
@@ -382,3 +390,43 @@ def test_device_timestep_branch_matches_diffusers(kind):
         # a timestep outside the schedule gives NaN (no host check is possible without a sync)
         bad = ours.step(torch.randn(SHAPE), torch.tensor(100), x, generator=torch.Generator()).prev_sample
         assert torch.isnan(bad).all()
+
+
+@pytest.mark.parametrize("cfg,eta", [(dict(clip_sample=True, clip_sample_range=0.0), 0.0),
+                                     (dict(clip_sample=False), -0.5),
+                                     (dict(thresholding=True, sample_max_value=0.5), 0.7)])
+def test_ddim_edge_values_match_diffusers(cfg, eta):
+    """Values no sensible schedule uses but diffusers accepts (clip range 0, negative eta, thresholding
+    max below 1: torch.clamp with min > max gives max) give diffusers' results through the fused op."""
+    ref = diffusers.DDIMScheduler(num_train_timesteps=100, **cfg)
+    ours = gs.DDIMScheduler.from_config(ref.config)
+    _run_both(ref, ours, 4, eta=eta)
+
+
+@pytest.mark.parametrize("cfg", [dict(thresholding=True, sample_max_value=0.5, variance_type="fixed_small_log"),
+                                 dict(thresholding=True, sample_max_value=0.8, variance_type="learned_range",
+                                      prediction_type="v_prediction"),
+                                 dict(thresholding=True, sample_max_value=0.6, variance_type="learned"),
+                                 dict(variance_type="a_custom_name_passed_through", prediction_type="sample")])
+def test_ddpm_edge_values_match_diffusers(cfg):
+    ref = diffusers.DDPMScheduler(num_train_timesteps=100, **cfg)
+    ours = gs.DDPMScheduler.from_config(ref.config)
+    learned = cfg["variance_type"].startswith("learned")
+    fix = (lambda m: torch.cat([m[:, :3], m[:, 3:].abs() * 0.01], 1)) if cfg["variance_type"] == "learned" else None
+    _run_both(ref, ours, 4, channels_out=6 if learned else 3, model_fix=fix)
+
+
+@pytest.mark.parametrize("cls", ["DDIMScheduler", "DDPMScheduler"])
+def test_mixed_and_half_dtypes(cls):
+    """fp16 model output with an fp32 sample: promoted as diffusers' arithmetic promotes it."""
+    ref, ours = getattr(diffusers, cls)(num_train_timesteps=100), getattr(gs, cls)(num_train_timesteps=100)
+    for s in (ref, ours):
+        s.set_timesteps(5)
+    x, m = torch.randn(SHAPE), torch.randn(SHAPE).half()
+    for t in ref.timesteps[:2]:
+        a = ref.step(m, t, x, generator=torch.Generator().manual_seed(2))
+        b = ours.step(m, t, x, generator=torch.Generator().manual_seed(2))
+        assert a.prev_sample.dtype == b.prev_sample.dtype == torch.float32
+        # diffusers rounds sqrt(1 - a_t) * model_output to fp16 (a 0-dim fp32 tensor times an fp16 tensor);
+        # genfast computes in fp32: they agree to fp16's precision
+        assert _rel_err(b.prev_sample, a.prev_sample) <= 1e-3

@@ -78,11 +78,17 @@ def test_export_is_fp16_sampling_weights_that_sample(tmp_path, capsys):
 def test_sigint_checkpoints_and_resume_finishes(tmp_path):
     """Ctrl-C: the running step finishes, a checkpoint is written, exit 130 with one line; --resume goes on."""
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "genfast", "train", "vae", "--steps", "100000", "--save-every", "100000",
+    cmd = [sys.executable, "-m", "genfast", "train", "vae", "--steps", "100000", "--save-every", "5",
            "--sample-every", "100000", "--batch-size", "16", "--out-dir", str(out), "--device", "cpu", "--quiet"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
-    time.sleep(12)  # import + a few hundred steps
+    # Not a fixed sleep (a loaded machine may still be importing): wait until training demonstrably runs
+    # (the first checkpoint, at step 5), so the signal lands inside the loop whatever the machine's speed.
+    deadline = time.monotonic() + 300
+    while not (out / "last.safetensors").exists():
+        assert proc.poll() is None, proc.communicate()[1]
+        assert time.monotonic() < deadline, "training did not reach step 5 in 300 s"
+        time.sleep(0.1)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err

@@ -416,10 +416,10 @@ class OpRow(Row):
 
 
 def genfast_backends(device: torch.device) -> list[str]:
-    """The backends serving `device` (no Triton interpreter timings: that is a test tool)."""
+    """The backends serving `device` (no Triton interpreter or CUDA emulation timings: those are test tools)."""
     names = ["reference"] if device.type == "cpu" else []
     return names + [name for name, info in genfast.backends().items()
-                    if name != "reference" and info.available and device.type in info.devices
+                    if name not in ("reference", "cuda-emulated") and info.available and device.type in info.devices
                     and not (name == "triton" and device.type == "cpu")]
 
 

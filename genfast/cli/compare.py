@@ -7,7 +7,8 @@ Both runs start from the same weights and the same seeds, so their samples shoul
 gives the largest pixel difference, and the PNG shows both side by side (genfast left, reference right).
 
   training rows: dcgan, wgan-gp, vae, ddpm (fresh networks, one epoch)
-  sampling rows: dcgan, wgan-gp, vae (one pass), ddpm (1000 steps), ddim (50 and 10 steps), embedded weights
+  sampling rows: dcgan, wgan-gp, vae (one pass), ddpm (1000 steps), ddim (50 and 10 steps), euler, euler-a,
+                 dpm++2m and dpm++2m-sde (10 and 25 steps), embedded weights
 """
 from __future__ import annotations
 
@@ -21,7 +22,9 @@ import torch
 from genfast import use_backend
 
 TRAIN_KINDS = ("dcgan", "wgan-gp", "vae", "ddpm")
-SAMPLE_KINDS = ("dcgan", "wgan-gp", "vae", "ddpm-1000", "ddim-50", "ddim-10")
+# the score-based samplers at 10 and 25 steps next to DDIM 50 (genfast.samplers.sigma.NAMED_SAMPLERS)
+SIGMA_SAMPLE_KINDS = tuple(f"{s}-{n}" for s in ("euler", "euler-a", "dpm++2m", "dpm++2m-sde") for n in (10, 25))
+SAMPLE_KINDS = ("dcgan", "wgan-gp", "vae", "ddpm-1000", "ddim-50", "ddim-10") + SIGMA_SAMPLE_KINDS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -85,11 +88,11 @@ def time_sampling(kind: str, impl: str, device, n: int, seed: int) -> tuple[floa
     """Seconds for one batch of n samples of `kind` (embedded weights); -> (seconds, images)."""
     from genfast.training.zoo import load_model
 
-    model_kind = "ddpm" if kind.startswith(("ddpm", "ddim")) else kind
+    model_kind = "ddpm" if kind.startswith(("ddpm", "ddim")) or kind in SIGMA_SAMPLE_KINDS else kind
     model = load_model(model_kind, None, device)
     kw = {}
     if model_kind == "ddpm":
-        sampler, steps = kind.split("-")
+        sampler, steps = kind.rsplit("-", 1)
         kw = dict(sampler=sampler, steps=int(steps), guidance_scale=2.0 if model.num_classes is not None else None)
     graph = device.type == "cuda" and impl == "genfast" and model_kind == "ddpm"
     with use_backend("reference") if impl == "reference" else nullcontext():

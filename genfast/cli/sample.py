@@ -9,13 +9,19 @@ import torch
 from genfast.cli.args import add_device_arguments, finite_float, positive_int, seed_int
 from genfast.training.zoo import EMBEDDED, MODEL_KINDS
 
+SAMPLERS = ["ddim", "ddpm", "euler", "euler-a", "dpm++2m", "dpm++2m-sde"]
+DEFAULT_STEPS = {"ddim": 50, "ddpm": "all", "euler": 25, "euler-a": 25, "dpm++2m": 20, "dpm++2m-sde": 20}
+
 
 def add_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--model", choices=MODEL_KINDS, default=None,
                    help="default: ddpm, or what --checkpoint holds")
     s.add_argument("--checkpoint", default=None, help="a genfast train checkpoint instead of the embedded model")
-    s.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim", help="ddpm model only")
-    s.add_argument("--steps", type=positive_int, default=None, help="denoising steps (ddim: 50, ddpm: all 1000)")
+    s.add_argument("--sampler", choices=SAMPLERS, default="ddim",
+                   help="ddpm model only: ddim, ddpm, euler, euler-a (Euler ancestral), dpm++2m (DPM-Solver++ 2M), "
+                        "dpm++2m-sde")
+    s.add_argument("--steps", type=positive_int, default=None,
+                   help="denoising steps (ddim: 50, ddpm: all 1000, euler/euler-a: 25, dpm++2m(-sde): 20)")
     s.add_argument("--eta", type=finite_float, default=0.0, help="DDIM noise weight (0: deterministic)")
     s.add_argument("--guidance-scale", type=finite_float, default=None,
                    help="classifier-free guidance weight (class-conditional ddpm; default 2)")
@@ -58,6 +64,8 @@ def run(args) -> int:
         guidance = 2.0
     if model.kind != "ddpm" and (args.sampler, args.steps, args.eta) != ("ddim", None, 0.0):
         raise ValueError(f"--sampler/--steps/--eta: only the ddpm model has a sampler, not {model.kind}")
+    if args.eta != 0.0 and args.sampler != "ddim":
+        raise ValueError(f"--eta: only the ddim sampler takes eta, not {args.sampler}")
     if args.graph and (model.kind != "ddpm" or ctx.device.type != "cuda"):
         raise ValueError("--graph: captures the ddpm model's denoising loop on a CUDA device only")
     rows = dist_util.share(args.n, ctx.rank, ctx.world_size)
@@ -75,12 +83,13 @@ def run(args) -> int:
         if ctx.device.type == "cuda":
             torch.cuda.synchronize(ctx.device)
         seconds = time.perf_counter() - t0
-        backend = select_backend("diffusion_step" if model.kind == "ddpm" else "random", ctx.device)
+        op = "diffusion_step" if args.sampler in ("ddim", "ddpm") else "sampler_step"
+        backend = select_backend(op if model.kind == "ddpm" else "random", ctx.device)
     images = ctx.gather(images.contiguous(), args.n)
     if ctx.rank == 0:
         nrow = model.num_classes if labels is not None and args.label is None else None
         save_grid(out, images, nrow=nrow, scale=args.scale)
-        what = f"{args.sampler}, {args.steps or (50 if args.sampler == 'ddim' else 'all')} steps" if model.kind == "ddpm" else "one pass"
+        what = f"{args.sampler}, {args.steps or DEFAULT_STEPS[args.sampler]} steps" if model.kind == "ddpm" else "one pass"
         print(f"wrote {out}: {args.n} {model.kind} samples ({what}) in {seconds:.2f} s, "
               f"{args.n / seconds:.1f} images/s | backend {backend} | device {ctx.device}"
               + (f" x {ctx.world_size} processes" if ctx.active else ""))

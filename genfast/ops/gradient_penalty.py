@@ -35,55 +35,20 @@ the reference (the oracle's dtype); forcing a compiled backend with float64 rais
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 
-from genfast import _backend, _ext
+from genfast import _ext
+from genfast.ops import _checks
+from genfast.ops._dispatch import Kernel, custom_op, pick_backend
 from genfast.ops._stream import Stream, resolve_stream
 from genfast.ops.random import reference_uniform
 
 MODES = {"two-sided": 0, "one-sided": 1, "r1": 2}
-_COMPILED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _OP = "gradient_penalty"
 
 __all__ = ["gradient_penalty", "interpolate", "gradient_norm_penalty", "reference_gradient_penalty", "MODES"]
-
-
-# ---------------------------------------------------------------------------------------------
-# Backend choice
-# ---------------------------------------------------------------------------------------------
-def _pick_backend(t: torch.Tensor, name: str) -> str:
-    if t.dtype not in _COMPILED_DTYPES and t.dtype != torch.float64:
-        raise TypeError(f"{name}: expected float32, float16, bfloat16 or float64, got {t.dtype}")
-    forced = _backend.forced_backend()
-    if t.dtype == torch.float64:
-        if forced not in (None, "reference"):
-            raise TypeError(f"{name}: float64 runs only on the reference backend (the oracle); backend "
-                            f"{forced!r} computes in fp32 and takes float32, float16 or bfloat16")
-        return "reference"
-    return _backend.select_backend(_OP, t.device, t.dtype)
-
-
-# ---------------------------------------------------------------------------------------------
-# Persistent ticket counter of the one-launch reduction (GPU backends). The last program resets it
-# to zero, so it is zero between launches; it is allocated once per device, outside any CUDA graph
-# capture (run the op once eagerly before capturing, as every graph needs a warm-up anyway).
-# Launches of this op on two streams of one device must not run concurrently.
-# ---------------------------------------------------------------------------------------------
-_COUNTERS: dict[tuple[str, int], torch.Tensor] = {}
-
-
-def _ticket_counter(device: torch.device) -> torch.Tensor:
-    key = (device.type, device.index if device.index is not None else -1)
-    counter = _COUNTERS.get(key)
-    if counter is None:
-        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-            raise RuntimeError("gradient_norm_penalty: run it once eagerly on this device before capturing a "
-                               "CUDA graph (it allocates its ticket counter on first use)")
-        counter = torch.zeros(1, dtype=torch.int32, device=device)
-        _COUNTERS[key] = counter
-    return counter
 
 
 def _rows(t: torch.Tensor) -> tuple[int, int]:
@@ -91,83 +56,108 @@ def _rows(t: torch.Tensor) -> tuple[int, int]:
     return b, (t.numel() // b if b else 0)
 
 
-# ---------------------------------------------------------------------------------------------
-# (a) interpolation
-# ---------------------------------------------------------------------------------------------
-def _alpha_vector(batch: int, alpha: Optional[torch.Tensor], stream: Stream, device) -> torch.Tensor:
-    if alpha is not None:
-        return alpha
-    return reference_uniform(batch, stream, device)
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _interp_reference(real, fake, alpha, stream, out):
+def _check_mode_code(mode: int, op: str) -> int:
+    if mode not in (0, 1, 2):
+        raise ValueError(f"{op}: mode must be 0 (two-sided), 1 (one-sided) or 2 (r1), got {mode}")
+    return mode
+
+
+# ---------------------------------------------------------------------------------------------
+# (a) interpolation: x_b = alpha_b real_b + (1 - alpha_b) fake_b
+# ---------------------------------------------------------------------------------------------
+interp_kernel = Kernel("gp_interpolate")
+
+
+@interp_kernel.reference
+def _(real, fake, alpha, stream, out):
     b = real.shape[0]
-    a = _alpha_vector(b, alpha, stream, real.device)
-    acc = torch.float64 if real.dtype == torch.float64 else torch.float32
+    a = alpha if alpha is not None else reference_uniform(b, stream, real.device)
+    acc = _acc_dtype(real.dtype)
     a = a.to(acc).view((b,) + (1,) * (real.dim() - 1))
     out.copy_(a * real.to(acc) + (1.0 - a) * fake.to(acc))
 
 
-def _interp_cpu(real, fake, alpha, stream, out):
+@interp_kernel.compiled
+def _(launch, real, fake, alpha, stream, out):
     b, row = _rows(real)
-    _ext._C.gp_interpolate_cpu(real.data_ptr(), fake.data_ptr(), out.data_ptr(), _ext.data_ptr(alpha),
-                               _ext.dtype_code(alpha) if alpha is not None else 0, b, row, _ext.dtype_code(real),
-                               stream.seed & (2**64 - 1), stream.offset & (2**64 - 1),
-                               _ext.data_ptr(stream.seed_tensor), _ext.data_ptr(stream.offset_tensor))
+    launch("gp_interpolate", real.data_ptr(), fake.data_ptr(), out.data_ptr(), _ext.data_ptr(alpha),
+           _ext.dtype_code(alpha) if alpha is not None else 0, b, row, _ext.dtype_code(real), *stream.ints())
 
 
-def _interp_cuda(real, fake, alpha, stream, out):
-    b, row = _rows(real)
-    _ext._C.gp_interpolate_cuda(real.data_ptr(), fake.data_ptr(), out.data_ptr(), _ext.data_ptr(alpha),
-                                _ext.dtype_code(alpha) if alpha is not None else 0, b, row, _ext.dtype_code(real),
-                                stream.seed & (2**64 - 1), stream.offset & (2**64 - 1),
-                                _ext.data_ptr(stream.seed_tensor), _ext.data_ptr(stream.offset_tensor),
-                                _ext.cuda_stream(real), _ext.device_index(real))
-
-
-def _interp_triton(real, fake, alpha, stream, out):
+@interp_kernel.triton
+def _(real, fake, alpha, stream, out):
     from genfast.triton.gradient_penalty import interpolate_launch
 
     interpolate_launch(real, fake, out, alpha, stream.seed, stream.offset, stream.seed_tensor, stream.offset_tensor)
 
 
-_INTERP = {"reference": _interp_reference, "cpu": _interp_cpu, "cuda": _interp_cuda, "triton": _interp_triton}
+class InterpArgs(NamedTuple):
+    real: torch.Tensor
+    fake: torch.Tensor
+    alpha: Optional[torch.Tensor]
+    seed: int
+    offset: int
+    seed_tensor: Optional[torch.Tensor]
+    offset_tensor: Optional[torch.Tensor]
+    backend: str
+
+    def checked(self) -> "InterpArgs":
+        """The op's own checks (torch.ops.genfast.gp_interpolate is callable directly) and contiguous copies."""
+        real = _checks.tensor(self.real, "gp_interpolate: real", min_dim=1)
+        _checks.like(self.fake, real, "gp_interpolate: fake", "real")
+        alpha = self.alpha
+        if alpha is not None:
+            _checks.tensor(alpha, "gp_interpolate: alpha")
+            if tuple(alpha.shape) != (real.shape[0],) or alpha.device != real.device:
+                raise ValueError(f"gp_interpolate: alpha must be a [{real.shape[0]}] tensor on {real.device}, got "
+                                 f"{tuple(alpha.shape)} on {alpha.device}")
+            alpha = alpha.contiguous()
+        stream = Stream(self.seed, self.offset, self.seed_tensor, self.offset_tensor).check(real.device,
+                                                                                          "gp_interpolate")
+        return self._replace(real=real.contiguous(), fake=self.fake.contiguous(), alpha=alpha,
+                             seed_tensor=stream.seed_tensor, offset_tensor=stream.offset_tensor)
+
+    @property
+    def stream(self) -> Stream:
+        return Stream(self.seed, self.offset, self.seed_tensor, self.offset_tensor)
 
 
-@torch.library.custom_op("genfast::gp_interpolate", mutates_args=())
-def interpolate_op(real: torch.Tensor, fake: torch.Tensor, alpha: Optional[torch.Tensor], seed: int, offset: int,
-                   seed_tensor: Optional[torch.Tensor], offset_tensor: Optional[torch.Tensor],
-                   backend: str) -> torch.Tensor:
-    real, fake = real.contiguous(), fake.contiguous()
-    alpha = alpha.contiguous() if alpha is not None else None
-    out = torch.empty_like(real)
-    if real.numel():
-        _INTERP[backend](real, fake, alpha, Stream(seed, offset, seed_tensor, offset_tensor), out)
+def _interp_impl(a: InterpArgs) -> torch.Tensor:
+    a = a.checked()
+    out = torch.empty_like(a.real)
+    if a.real.numel():
+        interp_kernel(a.backend, a.real, a.fake, a.alpha, a.stream, out)
     return out
 
 
-@interpolate_op.register_fake
-def _(real, fake, alpha, seed, offset, seed_tensor, offset_tensor, backend):
-    return torch.empty_like(real, memory_format=torch.contiguous_format)
+interpolate_op = custom_op("genfast::gp_interpolate", InterpArgs, "Tensor", _interp_impl,
+                           lambda a: torch.empty_like(a.real, memory_format=torch.contiguous_format))
 
 
 def _interp_setup(ctx, inputs, output):
-    real, fake, alpha, seed, offset, seed_tensor, offset_tensor, backend = inputs
-    ctx.stream = (seed, offset, backend)
-    ctx.shape = real.shape
-    ctx.dtypes = (real.dtype, fake.dtype)
-    need_alpha_grad = alpha is not None and ctx.needs_input_grad[2]
-    ctx.save_for_backward(alpha, seed_tensor, offset_tensor, real if need_alpha_grad else None,
-                          fake if need_alpha_grad else None)
+    a = InterpArgs(*inputs)
+    # A seed/offset tensor may be overwritten before the backward (graph replay, a reused buffer): the
+    # backward must see the alphas of this forward, so it keeps copies.
+    ctx.stream = (a.seed, a.offset)
+    ctx.shape = a.real.shape
+    ctx.dtypes = (a.real.dtype, a.fake.dtype)
+    need_alpha_grad = a.alpha is not None and ctx.needs_input_grad[2]
+    ctx.save_for_backward(a.alpha, None if a.seed_tensor is None else a.seed_tensor.clone(),
+                          None if a.offset_tensor is None else a.offset_tensor.clone(),
+                          a.real if need_alpha_grad else None, a.fake if need_alpha_grad else None)
 
 
 def _interp_backward(ctx, grad_out):
     alpha, seed_tensor, offset_tensor, real, fake = ctx.saved_tensors
-    seed, offset, backend = ctx.stream
+    seed, offset = ctx.stream
     b = ctx.shape[0]
     if alpha is None:  # the [B] alphas again, from the same stream (B values: negligible)
         alpha = reference_uniform(b, Stream(seed, offset, seed_tensor, offset_tensor), grad_out.device)
-    acc = torch.float64 if grad_out.dtype == torch.float64 else torch.float32
+    acc = _acc_dtype(grad_out.dtype)
     a = alpha.to(acc).view((b,) + (1,) * (len(ctx.shape) - 1))
     go = grad_out.to(acc)
     grad_real = (go * a).to(ctx.dtypes[0]) if ctx.needs_input_grad[0] else None
@@ -184,10 +174,6 @@ interpolate_op.register_autograd(_interp_backward, setup_context=_interp_setup)
 # ---------------------------------------------------------------------------------------------
 # (b) per-sample norms + penalty, (c) its backward
 # ---------------------------------------------------------------------------------------------
-def _norm_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def _penalty_from_sq(sq: torch.Tensor, weight: float, center: float, mode: int) -> tuple[torch.Tensor, torch.Tensor]:
     norms = torch.sqrt(sq)
     if mode == 2:
@@ -198,62 +184,76 @@ def _penalty_from_sq(sq: torch.Tensor, weight: float, center: float, mode: int) 
     return weight * (d * d).mean(), norms
 
 
-def _np_reference(grad, weight, center, mode, penalty, norms):
+norm_penalty_kernel = Kernel("gp_norm_penalty")
+
+
+@norm_penalty_kernel.reference
+def _(grad, weight, center, mode, penalty, norms):
     b = grad.shape[0]
-    g = grad.reshape(b, -1).to(_norm_dtype(grad.dtype))
+    g = grad.reshape(b, -1).to(_acc_dtype(grad.dtype))
     p, n = _penalty_from_sq((g * g).sum(1), weight, center, mode)
     penalty.copy_(p)
     norms.copy_(n)
 
 
-def _np_cpu(grad, weight, center, mode, penalty, norms):
+@norm_penalty_kernel.compiled
+def _(launch, grad, weight, center, mode, penalty, norms):
     b, row = _rows(grad)
-    _ext._C.gp_norm_penalty_cpu(grad.data_ptr(), norms.data_ptr(), penalty.data_ptr(), b, row,
-                                _ext.dtype_code(grad), float(weight), float(center), mode)
+    if not launch.cuda:
+        launch("gp_norm_penalty", grad.data_ptr(), norms.data_ptr(), penalty.data_ptr(), b, row,
+               _ext.dtype_code(grad), float(weight), float(center), mode)
+        return
+    # The one-launch reduction's scratch, per call (so launches on two streams never share it, and a
+    # CUDA graph captures its allocation): <= max(B, 1024) fp32 partials and a ticket counter, which the
+    # launcher zeroes with cudaMemsetAsync on the stream before the kernel.
+    partials = torch.empty(max(b, 1024), dtype=torch.float32, device=grad.device)
+    counter = torch.empty(1, dtype=torch.int32, device=grad.device)
+    launch("gp_norm_penalty", grad.data_ptr(), norms.data_ptr(), penalty.data_ptr(), partials.data_ptr(),
+           partials.numel(), counter.data_ptr(), b, row, _ext.dtype_code(grad), float(weight), float(center), mode)
 
 
-def _np_cuda(grad, weight, center, mode, penalty, norms):
-    b, row = _rows(grad)
-    counter = _ticket_counter(grad.device)
-    partials = torch.empty(max(b, 1024), dtype=torch.float32, device=grad.device)  # the launcher uses <= max(B, 1024)
-    _ext._C.gp_norm_penalty_cuda(grad.data_ptr(), norms.data_ptr(), penalty.data_ptr(), partials.data_ptr(),
-                                 partials.numel(), counter.data_ptr(), b, row,
-                                 _ext.dtype_code(grad), float(weight), float(center), mode, _ext.cuda_stream(grad),
-                                 _ext.device_index(grad))
-
-
-def _np_triton(grad, weight, center, mode, penalty, norms):
+@norm_penalty_kernel.triton
+def _(grad, weight, center, mode, penalty, norms):
     from genfast.triton.gradient_penalty import norm_penalty_launch
 
-    norm_penalty_launch(grad, norms, penalty, _ticket_counter(grad.device), weight, center, mode)
+    counter = torch.zeros(1, dtype=torch.int32, device=grad.device)  # per call, as above
+    norm_penalty_launch(grad, norms, penalty, counter, weight, center, mode)
 
 
-_NORM_PENALTY = {"reference": _np_reference, "cpu": _np_cpu, "cuda": _np_cuda, "triton": _np_triton}
+class NormPenaltyArgs(NamedTuple):
+    grad: torch.Tensor
+    weight: float
+    center: float
+    mode: int
+    backend: str
 
 
-@torch.library.custom_op("genfast::gp_norm_penalty", mutates_args=())
-def norm_penalty_op(grad: torch.Tensor, weight: float, center: float, mode: int,
-                    backend: str) -> tuple[torch.Tensor, torch.Tensor]:
-    grad = grad.contiguous()
+def _norm_penalty_impl(a: NormPenaltyArgs) -> tuple[torch.Tensor, torch.Tensor]:
+    grad = _checks.tensor(a.grad, "gp_norm_penalty: grad", min_dim=1).contiguous()
+    mode = _check_mode_code(a.mode, "gp_norm_penalty")
     b = grad.shape[0]
     penalty = torch.empty((), dtype=grad.dtype, device=grad.device)
-    norms = torch.empty((b,), dtype=_norm_dtype(grad.dtype), device=grad.device)
+    norms = torch.empty((b,), dtype=_acc_dtype(grad.dtype), device=grad.device)
     if b == 0:  # the mean over no samples, as torch.mean gives it
         penalty.fill_(float("nan"))
         return penalty, norms
-    _NORM_PENALTY[backend](grad, weight, center, mode, penalty, norms)
+    norm_penalty_kernel(a.backend, grad, a.weight, a.center, mode, penalty, norms)
     return penalty, norms
 
 
-@norm_penalty_op.register_fake
-def _(grad, weight, center, mode, backend):
-    return (torch.empty((), dtype=grad.dtype, device=grad.device),
-            torch.empty((grad.shape[0],), dtype=_norm_dtype(grad.dtype), device=grad.device))
+norm_penalty_op = custom_op(
+    "genfast::gp_norm_penalty", NormPenaltyArgs, "(Tensor, Tensor)", _norm_penalty_impl,
+    lambda a: (torch.empty((), dtype=a.grad.dtype, device=a.grad.device),
+               torch.empty((a.grad.shape[0],), dtype=_acc_dtype(a.grad.dtype), device=a.grad.device)))
 
 
-def _npb_reference(grad_out, grad, norms, weight, center, mode, out):
+norm_penalty_backward_kernel = Kernel("gp_norm_penalty_backward")
+
+
+@norm_penalty_backward_kernel.reference
+def _(grad_out, grad, norms, weight, center, mode, out):
     b = grad.shape[0]
-    acc = _norm_dtype(grad.dtype)
+    acc = _acc_dtype(grad.dtype)
     n = norms.to(acc)
     if mode == 2:
         s = torch.ones_like(n)
@@ -266,44 +266,51 @@ def _npb_reference(grad_out, grad, norms, weight, center, mode, out):
     out.view(b, -1).copy_(grad.reshape(b, -1).to(acc) * scale[:, None])
 
 
-def _npb_cpu(grad_out, grad, norms, weight, center, mode, out):
+@norm_penalty_backward_kernel.compiled
+def _(launch, grad_out, grad, norms, weight, center, mode, out):
     b, row = _rows(grad)
-    go = grad_out.to(grad.dtype).contiguous()
-    _ext._C.gp_norm_penalty_backward_cpu(go.data_ptr(), grad.data_ptr(), norms.data_ptr(), out.data_ptr(), b, row,
-                                         _ext.dtype_code(grad), float(weight), float(center), mode)
+    launch("gp_norm_penalty_backward", grad_out.data_ptr(), grad.data_ptr(), norms.data_ptr(), out.data_ptr(), b,
+           row, _ext.dtype_code(grad), float(weight), float(center), mode)
 
 
-def _npb_cuda(grad_out, grad, norms, weight, center, mode, out):
-    b, row = _rows(grad)
-    go = grad_out.to(grad.dtype).contiguous()
-    _ext._C.gp_norm_penalty_backward_cuda(go.data_ptr(), grad.data_ptr(), norms.data_ptr(), out.data_ptr(), b, row,
-                                          _ext.dtype_code(grad), float(weight), float(center), mode,
-                                          _ext.cuda_stream(grad), _ext.device_index(grad))
-
-
-def _npb_triton(grad_out, grad, norms, weight, center, mode, out):
+@norm_penalty_backward_kernel.triton
+def _(grad_out, grad, norms, weight, center, mode, out):
     from genfast.triton.gradient_penalty import norm_penalty_backward_launch
 
-    norm_penalty_backward_launch(grad_out.to(grad.dtype).contiguous(), grad, norms, out, weight, center, mode)
+    norm_penalty_backward_launch(grad_out, grad, norms, out, weight, center, mode)
 
 
-_NORM_PENALTY_BWD = {"reference": _npb_reference, "cpu": _npb_cpu, "cuda": _npb_cuda, "triton": _npb_triton}
+class NormPenaltyBackwardArgs(NamedTuple):
+    grad_out: torch.Tensor
+    grad: torch.Tensor
+    norms: torch.Tensor
+    weight: float
+    center: float
+    mode: int
+    backend: str
 
 
-@torch.library.custom_op("genfast::gp_norm_penalty_backward", mutates_args=())
-def norm_penalty_backward_op(grad_out: torch.Tensor, grad: torch.Tensor, norms: torch.Tensor, weight: float,
-                             center: float, mode: int, backend: str) -> torch.Tensor:
-    grad = grad.contiguous()
-    norms = norms.contiguous()
+def _norm_penalty_backward_impl(a: NormPenaltyBackwardArgs) -> torch.Tensor:
+    op = "gp_norm_penalty_backward"
+    grad = _checks.tensor(a.grad, f"{op}: grad", min_dim=1).contiguous()
+    mode = _check_mode_code(a.mode, op)
+    _checks.tensor(a.grad_out, f"{op}: grad_out")
+    _checks.tensor(a.norms, f"{op}: norms")
+    if a.grad_out.numel() != 1 or tuple(a.norms.shape) != (grad.shape[0],):
+        raise ValueError(f"{op}: grad_out must hold one element and norms must be [{grad.shape[0]}], got "
+                         f"{tuple(a.grad_out.shape)} and {tuple(a.norms.shape)}")
+    # the kernels read grad_out in grad's dtype and norms in fp32 (fp64 for the reference's fp64)
+    grad_out = a.grad_out.reshape(()).to(grad.dtype).contiguous()
+    norms = a.norms.to(_acc_dtype(grad.dtype)).contiguous()
     out = torch.empty_like(grad)
     if grad.numel():
-        _NORM_PENALTY_BWD[backend](grad_out, grad, norms, weight, center, mode, out)
+        norm_penalty_backward_kernel(a.backend, grad_out, grad, norms, a.weight, a.center, mode, out)
     return out
 
 
-@norm_penalty_backward_op.register_fake
-def _(grad_out, grad, norms, weight, center, mode, backend):
-    return torch.empty_like(grad, memory_format=torch.contiguous_format)
+norm_penalty_backward_op = custom_op(
+    "genfast::gp_norm_penalty_backward", NormPenaltyBackwardArgs, "Tensor", _norm_penalty_backward_impl,
+    lambda a: torch.empty_like(a.grad, memory_format=torch.contiguous_format))
 
 
 def _npb_no_double_backward(ctx, grad):
@@ -316,11 +323,11 @@ norm_penalty_backward_op.register_autograd(_npb_no_double_backward)
 
 
 def _np_setup(ctx, inputs, output):
-    grad, weight, center, mode, backend = inputs
+    a = NormPenaltyArgs(*inputs)
     _, norms = output
     ctx.mark_non_differentiable(norms)
-    ctx.args = (weight, center, mode, backend)
-    ctx.save_for_backward(grad, norms)
+    ctx.args = (a.weight, a.center, a.mode, a.backend)
+    ctx.save_for_backward(a.grad, norms)
 
 
 def _np_backward(ctx, grad_penalty, grad_norms):
@@ -338,45 +345,25 @@ norm_penalty_op.register_autograd(_np_backward, setup_context=_np_setup)
 # Public API
 # ---------------------------------------------------------------------------------------------
 def _check_tensor(t, name: str) -> torch.Tensor:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
-    if not t.is_floating_point():
-        raise TypeError(f"{name}: expected a floating-point tensor, got {t.dtype}")
-    if t.dim() < 1:
-        raise ValueError(f"{name}: expected a batch dimension first, got a 0-dim tensor")
-    return t
+    return _checks.tensor(t, name, min_dim=1)
 
 
 def _check_number(v, name: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise TypeError(f"{name}: expected a float, got {type(v).__name__}")
-    v = float(v)
-    if v != v or v in (float("inf"), float("-inf")):
-        raise ValueError(f"{name}: must be finite, got {v}")
-    return v
+    return _checks.real(v, name)
 
 
 def _check_mode(mode) -> int:
-    if mode not in MODES:
-        raise ValueError(f"mode: expected one of {', '.join(repr(m) for m in MODES)}, got {mode!r}")
-    return MODES[mode]
+    return _checks.choice(mode, "mode", MODES)
 
 
 def _check_pair(real, fake) -> None:
-    if fake.shape != real.shape:
-        raise ValueError(f"fake: shape {tuple(fake.shape)} does not match real's {tuple(real.shape)}")
-    if fake.dtype != real.dtype:
-        raise TypeError(f"fake: dtype {fake.dtype} does not match real's {real.dtype}")
-    if fake.device != real.device:
-        raise ValueError(f"fake: on {fake.device} but real is on {real.device}")
+    _checks.like(fake, real, "fake", "real")
 
 
 def _check_alpha(alpha, real) -> Optional[torch.Tensor]:
     if alpha is None:
         return None
-    if not isinstance(alpha, torch.Tensor) or not alpha.is_floating_point():
-        raise TypeError(f"alpha: expected a floating-point tensor of shape [B], got "
-                        f"{alpha.dtype if isinstance(alpha, torch.Tensor) else type(alpha).__name__}")
+    _checks.tensor(alpha, "alpha")
     if tuple(alpha.shape) != (real.shape[0],):
         raise ValueError(f"alpha: expected shape ({real.shape[0]},) (one per sample), got {tuple(alpha.shape)}")
     if alpha.device != real.device:
@@ -398,10 +385,10 @@ def interpolate(real: torch.Tensor, fake: torch.Tensor, alpha: Optional[torch.Te
     _check_tensor(fake, "fake")
     _check_pair(real, fake)
     alpha = _check_alpha(alpha, real)
-    backend = _pick_backend(real, "real")
+    backend = pick_backend(_OP, real, "real")
     stream = resolve_stream(seed, offset, real.device)
-    return interpolate_op(real, fake, alpha, stream.seed, stream.offset, stream.seed_tensor, stream.offset_tensor,
-                          backend)
+    return interpolate_op(*InterpArgs(real, fake, alpha, stream.seed, stream.offset, stream.seed_tensor,
+                                      stream.offset_tensor, backend))
 
 
 def gradient_norm_penalty(grad: torch.Tensor, weight: float = 10.0, center: float = 1.0,
@@ -416,14 +403,17 @@ def gradient_norm_penalty(grad: torch.Tensor, weight: float = 10.0, center: floa
     m = _check_mode(mode)
     weight = _check_number(weight, "weight")
     center = _check_number(center, "center")
-    backend = _pick_backend(grad, "grad")
-    penalty, _ = norm_penalty_op(grad, weight, center, m, backend)
+    backend = pick_backend(_OP, grad, "grad")
+    penalty, _ = norm_penalty_op(*NormPenaltyArgs(grad, weight, center, m, backend))
     return penalty
 
 
 def _critic_gradient(critic, x: torch.Tensor, critic_kwargs) -> torch.Tensor:
     if not callable(critic):
         raise TypeError(f"critic: expected a callable (an nn.Module or function), got {type(critic).__name__}")
+    if not torch.is_grad_enabled():
+        raise RuntimeError("gradient_penalty: autograd is disabled here (torch.no_grad() or inference_mode); the "
+                           "penalty differentiates the critic with respect to its input, so call it with grad enabled")
     out = critic(x, **critic_kwargs)
     b = x.shape[0]
     if not isinstance(out, torch.Tensor):

@@ -9,11 +9,13 @@ other ops' references use.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import torch
 
 from genfast import _backend, _ext
+from genfast.ops import _checks
+from genfast.ops._dispatch import Kernel, custom_op
 from genfast.ops._stream import MASK32, Stream, resolve_stream
 
 _M0, _M1 = 0xD2511F53, 0xCD9E8D57
@@ -86,71 +88,75 @@ def reference_normal(numel: int, stream: Stream, device) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
-# Backends: each fills a contiguous output.
+# The kernel: fill a contiguous output with the stream's uniforms or normals.
 # ---------------------------------------------------------------------------------------------
-def _fill_reference(out: torch.Tensor, stream: Stream, normal: bool) -> None:
+random_fill = Kernel("random_fill")
+
+
+@random_fill.reference
+def _(out: torch.Tensor, stream: Stream, normal: bool) -> None:
     draw = reference_normal if normal else reference_uniform
     out.copy_(draw(out.numel(), stream, out.device).view(out.shape))
 
 
-def _fill_cpu(out: torch.Tensor, stream: Stream, normal: bool) -> None:
-    _ext._C.random_fill_cpu(out.data_ptr(), out.numel(), _ext.dtype_code(out), stream.seed & (2**64 - 1),
-                            stream.offset & (2**64 - 1), _ext.data_ptr(stream.seed_tensor),
-                            _ext.data_ptr(stream.offset_tensor), normal)
+@random_fill.compiled
+def _(launch, out: torch.Tensor, stream: Stream, normal: bool) -> None:
+    launch("random_fill", out.data_ptr(), out.numel(), _ext.dtype_code(out), *stream.ints(), normal)
 
 
-def _fill_cuda(out: torch.Tensor, stream: Stream, normal: bool) -> None:
-    _ext._C.random_fill_cuda(out.data_ptr(), out.numel(), _ext.dtype_code(out), stream.seed & (2**64 - 1),
-                             stream.offset & (2**64 - 1), _ext.data_ptr(stream.seed_tensor),
-                             _ext.data_ptr(stream.offset_tensor), normal, _ext.cuda_stream(out),
-                             _ext.device_index(out))
+@random_fill.triton
+def _(out: torch.Tensor, stream: Stream, normal: bool) -> None:
+    from genfast.triton.random import random_fill as fill
 
-
-def _fill_triton(out: torch.Tensor, stream: Stream, normal: bool) -> None:
-    from genfast.triton.random import random_fill
-
-    random_fill(out, stream.seed, stream.offset, stream.seed_tensor, stream.offset_tensor, normal)
-
-
-_FILL = {"reference": _fill_reference, "cpu": _fill_cpu, "cuda": _fill_cuda, "triton": _fill_triton}
+    fill(out, stream.seed, stream.offset, stream.seed_tensor, stream.offset_tensor, normal)
 
 
 # ---------------------------------------------------------------------------------------------
 # The custom op: the backend is an argument, resolved in Python before the op (so torch.compile
 # traces a constant and the op itself never consults global state).
 # ---------------------------------------------------------------------------------------------
-@torch.library.custom_op("genfast::random", mutates_args=())
-def random_op(
-    size: list[int],
-    seed: int,
-    offset: int,
-    seed_tensor: Optional[torch.Tensor],
-    offset_tensor: Optional[torch.Tensor],
-    normal: bool,
-    dtype: torch.dtype,
-    device: torch.device,
-    backend: str,
-) -> torch.Tensor:
-    out = torch.empty(size, dtype=dtype, device=device)
-    _FILL[backend](out, Stream(seed, offset, seed_tensor, offset_tensor), normal)
+class RandomArgs(NamedTuple):
+    size: list[int]
+    seed: int
+    offset: int
+    seed_tensor: Optional[torch.Tensor]
+    offset_tensor: Optional[torch.Tensor]
+    normal: bool
+    dtype: torch.dtype
+    device: torch.device
+    backend: str
+
+
+def _random_impl(a: RandomArgs) -> torch.Tensor:
+    size = _check_size(a.size)
+    _check_float_dtype(a.dtype)
+    stream = Stream(a.seed, a.offset, a.seed_tensor, a.offset_tensor).check(torch.device(a.device), "random")
+    out = torch.empty(size, dtype=a.dtype, device=a.device)
+    if out.numel():
+        random_fill(a.backend, out, stream, a.normal)
     return out
 
 
-@random_op.register_fake
-def _(size, seed, offset, seed_tensor, offset_tensor, normal, dtype, device, backend):
-    return torch.empty(size, dtype=dtype, device=device)
+random_op = custom_op("genfast::random", RandomArgs, "Tensor", _random_impl,
+                      lambda a: torch.empty(a.size, dtype=a.dtype, device=a.device))
 
 
 def _check_size(shape) -> list[int]:
-    if isinstance(shape, int):
-        shape = (shape,)
     if isinstance(shape, torch.Size):
         shape = tuple(shape)
-    if not isinstance(shape, (tuple, list)) or not all(isinstance(s, int) and not isinstance(s, bool) for s in shape):
+    try:
+        shape = [_checks.integer(shape, "shape")]
+    except TypeError:
+        pass
+    if not isinstance(shape, (tuple, list)):
         raise TypeError(f"shape: expected a sequence of ints, got {shape!r}")
-    if any(s < 0 for s in shape):
-        raise ValueError(f"shape: sizes must be non-negative, got {tuple(shape)}")
-    return list(shape)
+    try:
+        size = [_checks.integer(s, "shape") for s in shape]
+    except TypeError:
+        raise TypeError(f"shape: expected a sequence of ints, got {shape!r}") from None
+    if any(s < 0 for s in size):
+        raise ValueError(f"shape: sizes must be non-negative, got {tuple(size)}")
+    return size
 
 
 def _check_float_dtype(dtype: torch.dtype) -> None:
@@ -163,13 +169,14 @@ def _check_float_dtype(dtype: torch.dtype) -> None:
 def _draw(shape, seed, offset, dtype, device, normal: bool) -> torch.Tensor:
     size = _check_size(shape)
     _check_float_dtype(dtype)
-    device = torch.device(device) if device is not None else torch.get_default_device()
-    stream = resolve_stream(seed, offset, device)
+    # torch.empty(0).device rather than torch.get_default_device(): torch.compile traces the former
+    device = torch.device(device) if device is not None else torch.empty(0).device
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
+    stream = resolve_stream(seed, offset, device)
     backend = _backend.select_backend("random", device)
-    return random_op(size, stream.seed, stream.offset, stream.seed_tensor, stream.offset_tensor, normal, dtype,
-                     device, backend)
+    return random_op(*RandomArgs(size, stream.seed, stream.offset, stream.seed_tensor, stream.offset_tensor, normal,
+                                 dtype, device, backend))
 
 
 def rand(shape: Sequence[int] | int, *, seed=None, offset=0, dtype: torch.dtype = torch.float32,

@@ -34,16 +34,17 @@ is a TypeError).
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 
-from genfast import _backend, _ext
+from genfast import _ext
+from genfast.ops import _checks
+from genfast.ops._dispatch import Kernel, custom_op, pick_backend
 from genfast.ops._stream import Stream, resolve_stream
 from genfast.ops.random import reference_normal
 
 REDUCTIONS = ("batchmean", "sum", "none")
-_MASK64 = 2**64 - 1
 
 
 def kl_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -114,157 +115,197 @@ def _reference_backward(grad_z, grad_rows, grad_cols, mu, logvar, noise, stream,
 
 
 # ---------------------------------------------------------------------------------------------
-# Compiled backends.
+# The two kernels: forward (z, per-sample KL sums, optional per-element KL sums over the batch) and
+# backward (grad_mu, grad_logvar from grad_z and the KL gradients).
 # ---------------------------------------------------------------------------------------------
-def _stream_ints(stream: Stream):
-    return (stream.seed & _MASK64, stream.offset & _MASK64, _ext.data_ptr(stream.seed_tensor),
-            _ext.data_ptr(stream.offset_tensor))
+vae_forward_kernel = Kernel("vae_forward")
+vae_forward_kernel.reference(_reference_forward)
 
 
-def _cpu_forward(mu, logvar, noise, stream, with_kl, col_sums, lo, hi):
+def _clamp_ints(lo, hi) -> tuple:
+    return lo is not None, 0.0 if lo is None else lo, 0.0 if hi is None else hi
+
+
+@vae_forward_kernel.compiled
+def _(launch, mu, logvar, noise, stream, with_kl, col_sums, lo, hi):
     b, d = _batch_and_latent(mu.shape)
     z = torch.empty_like(mu)
-    rows = mu.new_empty((b if with_kl else 0,), dtype=torch.float32)
-    cols = mu.new_empty((d if col_sums else 0,), dtype=torch.float32)
-    _ext._C.vae_forward_cpu(mu.data_ptr(), logvar.data_ptr(), _ext.data_ptr(noise), z.data_ptr(),
-                            _ext.data_ptr(rows if with_kl else None), _ext.data_ptr(cols if col_sums else None),
-                            b, d, _ext.dtype_code(mu), *_stream_ints(stream), lo is not None,
-                            0.0 if lo is None else lo, 0.0 if hi is None else hi)
-    return z, rows, cols
-
-
-def _compiled_backward(launch, grad_z, grad_rows, grad_cols, mu, logvar, noise, stream, lo, hi, *device_args):
-    b, d = _batch_and_latent(mu.shape)
-    g_mu = torch.empty_like(mu)
-    g_lv = torch.empty_like(mu)
-    launch(_ext.data_ptr(grad_z), _ext.data_ptr(grad_rows), _ext.data_ptr(grad_cols), mu.data_ptr(),
-           logvar.data_ptr(), _ext.data_ptr(noise), g_mu.data_ptr(), g_lv.data_ptr(), b, d, _ext.dtype_code(mu),
-           *_stream_ints(stream), lo is not None, 0.0 if lo is None else lo, 0.0 if hi is None else hi, *device_args)
-    return g_mu, g_lv
-
-
-def _cpu_backward(grad_z, grad_rows, grad_cols, mu, logvar, noise, stream, lo, hi):
-    return _compiled_backward(_ext._C.vae_backward_cpu, grad_z, grad_rows, grad_cols, mu, logvar, noise, stream, lo, hi)
-
-
-def _cuda_forward(mu, logvar, noise, stream, with_kl, col_sums, lo, hi):
-    b, d = _batch_and_latent(mu.shape)
-    z = torch.empty_like(mu)
-    n_chunks, n_groups = _ext._C.vae_partials_shape_cuda(b, d, _ext.dtype_code(mu), col_sums)
+    if not launch.cuda:  # the C++ kernel sums rows and columns itself
+        rows = mu.new_empty((b if with_kl else 0,), dtype=torch.float32)
+        cols = mu.new_empty((d if col_sums else 0,), dtype=torch.float32)
+        launch("vae_forward", mu.data_ptr(), logvar.data_ptr(), _ext.data_ptr(noise), z.data_ptr(),
+               _ext.data_ptr(rows if with_kl else None), _ext.data_ptr(cols if col_sums else None), b, d,
+               _ext.dtype_code(mu), *stream.ints(), *_clamp_ints(lo, hi))
+        return z, rows, cols
+    # the CUDA kernel writes per-block partials; a sum over a few values per sample finishes them
+    n_chunks, n_groups = launch.query("vae_partials_shape", b, d, _ext.dtype_code(mu), col_sums)
     row_part = mu.new_empty((n_chunks if with_kl else 0, b), dtype=torch.float32)
     col_part = mu.new_empty((n_groups if col_sums else 0, d), dtype=torch.float32)
-    _ext._C.vae_forward_cuda(mu.data_ptr(), logvar.data_ptr(), _ext.data_ptr(noise), z.data_ptr(),
-                             _ext.data_ptr(row_part if with_kl else None),
-                             _ext.data_ptr(col_part if col_sums else None), b, d, _ext.dtype_code(mu),
-                             *_stream_ints(stream), lo is not None, 0.0 if lo is None else lo,
-                             0.0 if hi is None else hi, col_sums, _ext.cuda_stream(mu), _ext.device_index(mu))
+    launch("vae_forward", mu.data_ptr(), logvar.data_ptr(), _ext.data_ptr(noise), z.data_ptr(),
+           _ext.data_ptr(row_part if with_kl else None), _ext.data_ptr(col_part if col_sums else None), b, d,
+           _ext.dtype_code(mu), *stream.ints(), *_clamp_ints(lo, hi), col_sums)
     rows = row_part.sum(0) if with_kl else row_part.new_empty((0,))
     cols = col_part.sum(0) if col_sums else col_part.new_empty((0,))
     return z, rows, cols
 
 
-def _cuda_backward(grad_z, grad_rows, grad_cols, mu, logvar, noise, stream, lo, hi):
-    return _compiled_backward(_ext._C.vae_backward_cuda, grad_z, grad_rows, grad_cols, mu, logvar, noise, stream, lo,
-                              hi, _ext.cuda_stream(mu), _ext.device_index(mu))
-
-
-def _triton_forward(mu, logvar, noise, stream, with_kl, col_sums, lo, hi):
+@vae_forward_kernel.triton
+def _(mu, logvar, noise, stream, with_kl, col_sums, lo, hi):
     from genfast.triton.vae import vae_forward
 
     return vae_forward(mu, logvar, noise, stream, with_kl, col_sums, lo, hi)
 
 
-def _triton_backward(grad_z, grad_rows, grad_cols, mu, logvar, noise, stream, lo, hi):
+vae_backward_kernel = Kernel("vae_backward")
+vae_backward_kernel.reference(_reference_backward)
+
+
+@vae_backward_kernel.compiled
+def _(launch, grad_z, grad_rows, grad_cols, mu, logvar, noise, stream, lo, hi):
+    b, d = _batch_and_latent(mu.shape)
+    g_mu = torch.empty_like(mu)
+    g_lv = torch.empty_like(mu)
+    launch("vae_backward", _ext.data_ptr(grad_z), _ext.data_ptr(grad_rows), _ext.data_ptr(grad_cols), mu.data_ptr(),
+           logvar.data_ptr(), _ext.data_ptr(noise), g_mu.data_ptr(), g_lv.data_ptr(), b, d, _ext.dtype_code(mu),
+           *stream.ints(), *_clamp_ints(lo, hi))
+    return g_mu, g_lv
+
+
+@vae_backward_kernel.triton
+def _(grad_z, grad_rows, grad_cols, mu, logvar, noise, stream, lo, hi):
     from genfast.triton.vae import vae_backward
 
     return vae_backward(grad_z, grad_rows, grad_cols, mu, logvar, noise, stream, lo, hi)
-
-
-_FORWARD = {"reference": _reference_forward, "cpu": _cpu_forward, "cuda": _cuda_forward, "triton": _triton_forward}
-_BACKWARD = {"reference": _reference_backward, "cpu": _cpu_backward, "cuda": _cuda_backward,
-             "triton": _triton_backward}
 
 
 # ---------------------------------------------------------------------------------------------
 # Custom ops. Outputs of the forward: z, the per-sample KL sums (B,) and, with col_sums, the
 # per-latent-element KL sums over the batch (D,); the reduction and free bits are torch ops on those.
 # ---------------------------------------------------------------------------------------------
-@torch.library.custom_op("genfast::vae_reparameterize", mutates_args=())
-def vae_forward_op(
-    mu: torch.Tensor,
-    logvar: torch.Tensor,
-    noise: Optional[torch.Tensor],
-    seed: int,
-    offset: int,
-    seed_tensor: Optional[torch.Tensor],
-    offset_tensor: Optional[torch.Tensor],
-    with_kl: bool,
-    col_sums: bool,
-    clamp_lo: Optional[float],
-    clamp_hi: Optional[float],
-    backend: str,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    stream = Stream(seed, offset, seed_tensor, offset_tensor)
-    z, rows, cols = _FORWARD[backend](mu, logvar, noise, stream, with_kl, col_sums, clamp_lo, clamp_hi)
-    return z, rows.to(kl_dtype(mu.dtype)), cols.to(kl_dtype(mu.dtype))
+def _check_clamp_pair(lo, hi, op: str) -> None:
+    if (lo is None) != (hi is None) or (lo is not None and not lo <= hi):
+        raise ValueError(f"{op}: clamp_lo/clamp_hi must both be None or satisfy lo <= hi, got {lo}, {hi}")
 
 
-@vae_forward_op.register_fake
-def _(mu, logvar, noise, seed, offset, seed_tensor, offset_tensor, with_kl, col_sums, clamp_lo, clamp_hi, backend):
-    b = mu.shape[0]
-    d = math.prod(mu.shape[1:])
+def _check_data(mu, logvar, noise, op: str):
+    mu = _checks.tensor(mu, f"{op}: mu", min_dim=1)
+    _checks.like(logvar, mu, f"{op}: logvar", "mu")
+    if noise is not None:
+        _checks.like(noise, mu, f"{op}: noise", "mu")
+        noise = noise.contiguous()
+    return mu.contiguous(), logvar.contiguous(), noise
+
+
+class VaeArgs(NamedTuple):
+    mu: torch.Tensor
+    logvar: torch.Tensor
+    noise: Optional[torch.Tensor]
+    seed: int
+    offset: int
+    seed_tensor: Optional[torch.Tensor]
+    offset_tensor: Optional[torch.Tensor]
+    with_kl: bool
+    col_sums: bool
+    clamp_lo: Optional[float]
+    clamp_hi: Optional[float]
+    backend: str
+
+
+def _forward_impl(a: VaeArgs):
+    op = "vae_reparameterize"
+    mu, logvar, noise = _check_data(a.mu, a.logvar, a.noise, op)
+    _check_clamp_pair(a.clamp_lo, a.clamp_hi, op)
+    stream = Stream(a.seed, a.offset, a.seed_tensor, a.offset_tensor).check(mu.device, op)
     acc = kl_dtype(mu.dtype)
-    return (torch.empty_like(mu), mu.new_empty((b if with_kl else 0,), dtype=acc),
-            mu.new_empty((d if col_sums else 0,), dtype=acc))
+    if mu.numel() == 0:
+        b, d = _batch_and_latent(mu.shape)
+        return (torch.empty_like(mu), mu.new_zeros((b if a.with_kl else 0,), dtype=acc),
+                mu.new_zeros((d if a.col_sums else 0,), dtype=acc))
+    z, rows, cols = vae_forward_kernel(a.backend, mu, logvar, noise, stream, a.with_kl, a.col_sums, a.clamp_lo,
+                                       a.clamp_hi)
+    return z, rows.to(acc), cols.to(acc)
 
 
-@torch.library.custom_op("genfast::vae_reparameterize_backward", mutates_args=())
-def vae_backward_op(
-    grad_z: Optional[torch.Tensor],
-    grad_rows: Optional[torch.Tensor],
-    grad_cols: Optional[torch.Tensor],
-    mu: torch.Tensor,
-    logvar: torch.Tensor,
-    noise: Optional[torch.Tensor],
-    seed: int,
-    offset: int,
-    seed_tensor: Optional[torch.Tensor],
-    offset_tensor: Optional[torch.Tensor],
-    clamp_lo: Optional[float],
-    clamp_hi: Optional[float],
-    backend: str,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    stream = Stream(seed, offset, seed_tensor, offset_tensor)
-    return _BACKWARD[backend](grad_z, grad_rows, grad_cols, mu, logvar, noise, stream, clamp_lo, clamp_hi)
+def _forward_fake(a: VaeArgs):
+    b = a.mu.shape[0]
+    d = math.prod(a.mu.shape[1:])
+    acc = kl_dtype(a.mu.dtype)
+    return (torch.empty_like(a.mu), a.mu.new_empty((b if a.with_kl else 0,), dtype=acc),
+            a.mu.new_empty((d if a.col_sums else 0,), dtype=acc))
 
 
-@vae_backward_op.register_fake
-def _(grad_z, grad_rows, grad_cols, mu, logvar, noise, seed, offset, seed_tensor, offset_tensor, clamp_lo, clamp_hi,
-      backend):
-    return torch.empty_like(mu), torch.empty_like(mu)
+vae_forward_op = custom_op("genfast::vae_reparameterize", VaeArgs, "(Tensor, Tensor, Tensor)", _forward_impl,
+                           _forward_fake)
+
+
+class VaeBackwardArgs(NamedTuple):
+    grad_z: Optional[torch.Tensor]
+    grad_rows: Optional[torch.Tensor]
+    grad_cols: Optional[torch.Tensor]
+    mu: torch.Tensor
+    logvar: torch.Tensor
+    noise: Optional[torch.Tensor]
+    seed: int
+    offset: int
+    seed_tensor: Optional[torch.Tensor]
+    offset_tensor: Optional[torch.Tensor]
+    clamp_lo: Optional[float]
+    clamp_hi: Optional[float]
+    backend: str
+
+
+def _backward_impl(a: VaeBackwardArgs):
+    op = "vae_reparameterize_backward"
+    mu, logvar, noise = _check_data(a.mu, a.logvar, a.noise, op)
+    _check_clamp_pair(a.clamp_lo, a.clamp_hi, op)
+    stream = Stream(a.seed, a.offset, a.seed_tensor, a.offset_tensor).check(mu.device, op)
+    b, d = _batch_and_latent(mu.shape)
+    acc = kl_dtype(mu.dtype)
+    grad_z, grad_rows, grad_cols = a.grad_z, a.grad_rows, a.grad_cols
+    if grad_z is not None:  # incoming gradients may be expanded (stride 0, e.g. from a mean)
+        grad_z = _checks.like(grad_z, mu, f"{op}: grad_z", "mu", dtype=False).to(mu.dtype).contiguous()
+    for name, g, n in (("grad_rows", grad_rows, b), ("grad_cols", grad_cols, d)):
+        if g is not None:
+            _checks.tensor(g, f"{op}: {name}")
+            if tuple(g.shape) != (n,) or g.device != mu.device:
+                raise ValueError(f"{op}: {name} must be a [{n}] tensor on {mu.device}, got {tuple(g.shape)} on "
+                                 f"{g.device}")
+    grad_rows = grad_rows.to(acc).contiguous() if grad_rows is not None else None
+    grad_cols = grad_cols.to(acc).contiguous() if grad_cols is not None else None
+    if mu.numel() == 0:
+        return torch.zeros_like(mu), torch.zeros_like(mu)
+    return vae_backward_kernel(a.backend, grad_z, grad_rows, grad_cols, mu, logvar, noise, stream, a.clamp_lo,
+                               a.clamp_hi)
+
+
+vae_backward_op = custom_op("genfast::vae_reparameterize_backward", VaeBackwardArgs, "(Tensor, Tensor)",
+                            _backward_impl, lambda a: (torch.empty_like(a.mu), torch.empty_like(a.mu)))
+
+
+def _no_double_backward(ctx, grad_mu, grad_logvar):
+    raise RuntimeError("reparameterize_kl: its backward is once-differentiable; a second derivative through the "
+                       "fused VAE op is not supported (use the reference formula, or torch.func on plain torch ops, "
+                       "for higher-order gradients)")
+
+
+vae_backward_op.register_autograd(_no_double_backward)
 
 
 def _setup_context(ctx, inputs, output):
-    (mu, logvar, noise, seed, offset, seed_tensor, offset_tensor, with_kl, col_sums, clamp_lo, clamp_hi,
-     backend) = inputs
+    a = VaeArgs(*inputs)
     # A seed/offset tensor may be overwritten before the backward (graph replay): keep today's value.
-    seed_tensor = seed_tensor.clone() if seed_tensor is not None else None
-    offset_tensor = offset_tensor.clone() if offset_tensor is not None else None
-    ctx.save_for_backward(mu, logvar, noise, seed_tensor, offset_tensor)
-    ctx.args = (seed, offset, clamp_lo, clamp_hi, backend, with_kl, col_sums)
+    seed_tensor = a.seed_tensor.clone() if a.seed_tensor is not None else None
+    offset_tensor = a.offset_tensor.clone() if a.offset_tensor is not None else None
+    ctx.save_for_backward(a.mu, a.logvar, a.noise, seed_tensor, offset_tensor)
+    ctx.args = (a.seed, a.offset, a.clamp_lo, a.clamp_hi, a.backend, a.with_kl, a.col_sums)
 
 
 def _backward(ctx, grad_z, grad_rows, grad_cols):
     mu, logvar, noise, seed_tensor, offset_tensor = ctx.saved_tensors
     seed, offset, clamp_lo, clamp_hi, backend, with_kl, col_sums = ctx.args
-    # Incoming gradients may be expanded (stride 0, e.g. from a mean): the kernels take contiguous ones.
-    grad_z = grad_z.contiguous() if grad_z is not None else None
-    grad_rows = grad_rows.to(torch.float32 if mu.dtype != torch.float64 else torch.float64).contiguous() \
-        if (grad_rows is not None and with_kl) else None
-    grad_cols = grad_cols.to(grad_rows.dtype if grad_rows is not None else kl_dtype(mu.dtype)).contiguous() \
-        if (grad_cols is not None and col_sums) else None
-    g_mu, g_lv = vae_backward_op(grad_z, grad_rows, grad_cols, mu, logvar, noise, seed, offset, seed_tensor,
-                                 offset_tensor, clamp_lo, clamp_hi, backend)
+    g_mu, g_lv = vae_backward_op(*VaeBackwardArgs(grad_z, grad_rows if with_kl else None,
+                                                  grad_cols if col_sums else None, mu, logvar, noise, seed, offset,
+                                                  seed_tensor, offset_tensor, clamp_lo, clamp_hi, backend))
     g_noise = None
     if noise is not None and ctx.needs_input_grad[2] and grad_z is not None:
         lv = logvar.to(kl_dtype(mu.dtype))
@@ -280,30 +321,8 @@ vae_forward_op.register_autograd(_backward, setup_context=_setup_context)
 # ---------------------------------------------------------------------------------------------
 # Public API: validation, dispatch, reduction and free bits.
 # ---------------------------------------------------------------------------------------------
-def _check_tensor(t, name: str, like: torch.Tensor | None = None) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
-    if not t.is_floating_point() or t.dtype not in _ext.DTYPE_CODES:
-        raise TypeError(f"{name}: expected a float32, float16, bfloat16 or float64 tensor, got {t.dtype}")
-    if like is None:
-        if t.dim() == 0:
-            raise ValueError(f"{name}: needs a batch dimension (at least 1-D), got a 0-dim tensor")
-        return
-    if t.shape != like.shape:
-        raise ValueError(f"{name}: shape {tuple(t.shape)} differs from mu's shape {tuple(like.shape)}")
-    if t.dtype != like.dtype:
-        raise TypeError(f"{name}: dtype {t.dtype} differs from mu's dtype {like.dtype}")
-    if t.device != like.device:
-        raise ValueError(f"{name}: on {t.device} but mu is on {like.device}")
-
-
 def _check_real(v, name: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise TypeError(f"{name}: expected a real number, got {type(v).__name__}")
-    v = float(v)
-    if math.isnan(v):
-        raise ValueError(f"{name}: must not be NaN")
-    return v
+    return _checks.real(v, name, finite=False)
 
 
 def _check_clamp(logvar_clamp) -> tuple[Optional[float], Optional[float]]:
@@ -318,28 +337,19 @@ def _check_clamp(logvar_clamp) -> tuple[Optional[float], Optional[float]]:
     return lo, hi
 
 
-def select_vae_backend(device: torch.device, dtype: torch.dtype) -> str:
-    name = _backend.select_backend("vae", device, dtype)
-    if dtype == torch.float64 and name != "reference":
-        if _backend.forced_backend() is not None:
-            raise TypeError(f"dtype: the {name} backend computes in float32 and takes float32, float16 or bfloat16; "
-                            "float64 runs on the reference backend")
-        name = "reference"
-    return name
-
-
 def _run(mu, logvar, noise, seed, offset, with_kl: bool, col_sums: bool, lo, hi):
-    _check_tensor(mu, "mu")
-    _check_tensor(logvar, "logvar", mu)
+    _checks.tensor(mu, "mu", min_dim=1)
+    _checks.tensor(logvar, "logvar")
+    _checks.like(logvar, mu, "logvar", "mu")
     if noise is not None:
-        _check_tensor(noise, "noise", mu)
+        _checks.tensor(noise, "noise")
+        _checks.like(noise, mu, "noise", "mu")
         stream = Stream(0, 0, None, None)  # unused: the noise is given
     else:
         stream = resolve_stream(seed, offset, mu.device)
-    backend = select_vae_backend(mu.device, mu.dtype)
-    return vae_forward_op(mu.contiguous(), logvar.contiguous(), noise.contiguous() if noise is not None else None,
-                          stream.seed, stream.offset, stream.seed_tensor, stream.offset_tensor, with_kl, col_sums,
-                          lo, hi, backend)
+    backend = pick_backend("vae", mu, "mu")
+    return vae_forward_op(*VaeArgs(mu, logvar, noise, stream.seed, stream.offset, stream.seed_tensor,
+                                   stream.offset_tensor, with_kl, col_sums, lo, hi, backend))
 
 
 def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, *, noise: torch.Tensor | None = None, seed=None,

@@ -15,6 +15,7 @@ made anew per call re-captures every time); `clear_graphs(model)` drops them.
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import weakref
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from genfast.ops._stream import to_signed64
-from genfast.samplers.loop import Plan, denoise
+from genfast.samplers.loop import denoise
 
 _GRAPHS: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()
 _GRAPHS_BY_ID: dict = {}  # models that cannot be weakly referenced (kept alive here until cleared)
@@ -107,8 +108,7 @@ def run_graphed(model, x: torch.Tensor, plan, seed: int) -> torch.Tensor:
         static_x = x.clone()
         static_seed = torch.full((), seed_value, dtype=torch.int64, device=x.device)
         static_cond, static_uncond = _static_copy(plan.cond), _static_copy(plan.uncond)
-        static_plan = Plan(plan.kind, plan.table, plan.start, plan.step_kwargs, plan.guidance_scale, static_cond,
-                           static_uncond)
+        static_plan = dataclasses.replace(plan, cond=static_cond, uncond=static_uncond)
 
         def body():
             return denoise(model, static_x, static_plan, static_seed)

@@ -8,9 +8,11 @@ from typing import Callable
 import torch
 
 from genfast.ops.diffusion import ddim_step, ddpm_step
+from genfast.ops.sampler_steps import sampler_step
 from genfast.samplers.schedules import StepTable
 
 _SMALLEST_ALPHA = 1.401298464324817e-45
+SIGMA_KINDS = ("euler", "euler-a", "dpm-solver")  # plans whose table is a samplers.sigma.SigmaTable
 
 
 @dataclass
@@ -28,7 +30,7 @@ class Plan:
     def key(self) -> tuple:
         """What a captured graph depends on (besides shapes of the input and the cond tensors)."""
         opts = tuple(sorted((k, v if not isinstance(v, list) else tuple(v)) for k, v in self.step_kwargs.items()))
-        return (self.kind, id(self.table), self.start, opts, self.guidance_scale)
+        return (self.kind, id(self.table), self.start, opts, self.guidance_scale, getattr(self, "offset0", 0))
 
 
 def _merge_guidance(cond: dict, uncond: dict, batch: int) -> dict:
@@ -74,6 +76,8 @@ def _model_output(out):
 def denoise(model: Callable, x: torch.Tensor, plan: Plan, seed, progress: bool = False) -> torch.Tensor:
     """The loop itself: eager, or traced once into a CUDA graph (then `seed` is a device tensor and
     everything here runs on the device without host syncs)."""
+    if plan.kind in SIGMA_KINDS:
+        return _denoise_sigma(model, x, plan, seed, progress)
     table = plan.table
     batch = x.shape[0]
     guided = plan.guidance_scale is not None
@@ -95,4 +99,29 @@ def denoise(model: Callable, x: torch.Tensor, plan: Plan, seed, progress: bool =
         else:
             x = ddpm_step(x, model_output, a_t, a_prev, guidance_scale=plan.guidance_scale, seed=seed, offset=i,
                           add_noise=table.adds_noise_host[i], **plan.step_kwargs)
+    return x
+
+
+def _denoise_sigma(model: Callable, x: torch.Tensor, plan, seed, progress: bool) -> torch.Tensor:
+    """The Euler / Euler-ancestral / DPM-Solver loop: the model sees x scaled by the step's input scale; each
+    step is one sampler_step with the table's coefficients, reading the kept converted outputs (DPM)."""
+    table = plan.table
+    batch = x.shape[0]
+    guided = plan.guidance_scale is not None
+    kwargs = _merge_guidance(plan.cond, plan.uncond, batch) if guided else plan.cond
+    history: list = []
+    for j in _progress(range(len(table)), progress, len(table), f"genfast {plan.kind}"):
+        t = table.timesteps[j]
+        scale = table.input_scale[j]
+        x_in = x * scale if scale != 1.0 else x
+        if guided:
+            out = _model_output(model(torch.cat([x_in, x_in], dim=0), t.expand(2 * batch), **kwargs))
+            model_output = tuple(out.chunk(2, dim=0))
+        else:
+            model_output = _model_output(model(x_in, t.expand(batch), **kwargs))
+        x, converted = sampler_step(x, model_output, table.coefficients[j], history=history,
+                                    thresholding=table.thresholding, guidance_scale=plan.guidance_scale, seed=seed,
+                                    offset=plan.offset0 + j, want_aux=table.keeps_history)
+        if table.keeps_history and table.history:
+            history = [converted] + history[:table.history - 1]
     return x

@@ -80,21 +80,24 @@ def _check_cond(cond, name: str) -> dict:
     return dict(cond)
 
 
-def _prepare(kind, model, x, schedule, steps, strength, seed, cond, uncond, class_labels, null_class,
-             guidance_scale, step_kwargs):
+def check_model_and_input(model, x) -> None:
     if not callable(model):
         raise TypeError(f"model: expected a callable model(x, t, **cond), got {type(model).__name__}")
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise TypeError(f"x: expected a floating-point tensor, got {type(x).__name__ if not isinstance(x, torch.Tensor) else x.dtype}")
     if x.dim() < 1 or x.shape[0] == 0:
         raise ValueError(f"x: expected a non-empty batch, got shape {tuple(x.shape)}")
-    config = _config_of(schedule)
-    sched = _noise_schedule(schedule, config)
-    if steps is None:
-        steps = sched.num_train_timesteps
-    table = sched.table(kind, steps, x.device)
-    if not (isinstance(strength, (int, float)) and 0.0 < strength <= 1.0):
+
+
+def check_strength(strength) -> float:
+    if not (isinstance(strength, (int, float)) and not isinstance(strength, bool) and 0.0 < strength <= 1.0):
         raise ValueError(f"strength: must lie in (0, 1], got {strength!r}")
+    return float(strength)
+
+
+def conditioning(model, x, seed, cond, uncond, class_labels, null_class, guidance_scale):
+    """The model keywords of the conditional and unconditional halves, the guidance weight and the seed,
+    checked (shared by every sampler)."""
     cond = _check_cond(cond, "cond")
     uncond = _check_cond(uncond, "uncond")
     if class_labels is not None:
@@ -116,15 +119,33 @@ def _prepare(kind, model, x, schedule, steps, strength, seed, cond, uncond, clas
             raise ValueError("guidance_scale: classifier-free guidance needs cond (or class_labels) to guide towards")
     elif uncond:
         raise ValueError("uncond: given without guidance_scale")
-    # diffusers' img2img: the last int(steps * strength) steps run, from x noised to the first of them
-    run = min(int(len(table) * strength), len(table))
-    if run == 0:
-        raise ValueError(f"strength: {strength} x {len(table)} steps leaves no step to run")
-    start = len(table) - run
     if seed is None:
         seed = draw_seed()
     elif isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < (1 << 64):
         raise ValueError(f"seed: expected an int in [0, 2**64), got {seed!r}")
+    return cond, uncond, guidance_scale, seed
+
+
+def steps_to_run(n: int, strength: float) -> int:
+    """diffusers' img2img: the last int(steps * strength) steps run, from x noised to the first of them."""
+    run = min(int(n * strength), n)
+    if run == 0:
+        raise ValueError(f"strength: {strength} x {n} steps leaves no step to run")
+    return run
+
+
+def _prepare(kind, model, x, schedule, steps, strength, seed, cond, uncond, class_labels, null_class,
+             guidance_scale, step_kwargs):
+    check_model_and_input(model, x)
+    config = _config_of(schedule)
+    sched = _noise_schedule(schedule, config)
+    if steps is None:
+        steps = sched.num_train_timesteps
+    table = sched.table(kind, steps, x.device)
+    strength = check_strength(strength)
+    cond, uncond, guidance_scale, seed = conditioning(model, x, seed, cond, uncond, class_labels, null_class,
+                                                      guidance_scale)
+    start = len(table) - steps_to_run(len(table), strength)
     plan = Plan(kind, table, start, step_kwargs, guidance_scale, cond, uncond)
     if strength < 1.0:
         a = table.alpha_prod_t_host[start]

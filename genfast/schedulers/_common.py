@@ -160,15 +160,19 @@ def randn_like_diffusers(shape, generator, device: torch.device, dtype: torch.dt
     return torch.randn(shape, generator=generator, device=rand_device, dtype=dtype).to(device)
 
 
-def check_step_inputs(model_output: Any, sample: Any, expected_channels: int | None = None) -> None:
-    """Type, dtype and device checks (shape is checked by the op, with the argument's name)."""
+def check_step_inputs(model_output: Any, sample: Any, expected_channels: int | None = None,
+                      same_dtype: bool = True) -> None:
+    """Type, dtype and device checks (shape is checked by the op, with the argument's name). With
+    same_dtype=False differing float dtypes are accepted (the scheduler promotes them, as diffusers'
+    arithmetic does)."""
     if not isinstance(model_output, torch.Tensor):
         raise TypeError(f"model_output: expected a torch.Tensor, got {type(model_output).__name__}")
     if not isinstance(sample, torch.Tensor):
         raise TypeError(f"sample: expected a torch.Tensor, got {type(sample).__name__}")
     if model_output.device != sample.device:
         raise ValueError(f"model_output: on {model_output.device} but sample is on {sample.device}")
-    if model_output.dtype != sample.dtype:
+    if model_output.dtype != sample.dtype and (same_dtype or not model_output.is_floating_point()
+                                               or not sample.is_floating_point()):
         raise TypeError(f"model_output: dtype {model_output.dtype} differs from sample's {sample.dtype}")
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
 import torch
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
@@ -111,3 +112,18 @@ class TableMethods:
 
     def __len__(self) -> int:
         return self.config.num_train_timesteps
+
+
+def threshold_sample(config, sample: torch.Tensor) -> torch.Tensor:
+    """Dynamic thresholding (Saharia et al. 2022) of a predicted x0: per batch sample, s = the
+    dynamic_thresholding_ratio quantile of |x0| clamped to [1, sample_max_value] (torch.clamp: a max below 1
+    wins), then x0 clamped to [-s, s] and divided by s. Computed in fp32 for fp16/bf16 input."""
+    dtype = sample.dtype
+    batch, channels, *rest = sample.shape
+    if dtype not in (torch.float32, torch.float64):
+        sample = sample.float()
+    flat = sample.reshape(batch, channels * int(np.prod(rest)))
+    s = torch.quantile(flat.abs(), config.dynamic_thresholding_ratio, dim=1)
+    s = torch.clamp(s, min=1, max=config.sample_max_value).unsqueeze(1)
+    flat = torch.clamp(flat, -s, s) / s
+    return flat.reshape(batch, channels, *rest).to(dtype)

@@ -9,7 +9,11 @@ from genfast.samplers.schedules import make_betas, make_timesteps
 from genfast.schedulers._common import (KARRAS_COMPATIBLES, ConfigMixin, DDIMSchedulerOutput, SchedulerMixin,
                                         StreamState, check_eta, check_step_inputs, device_lookup, host_timestep,
                                         is_device_timestep, randn_like_diffusers, register_to_config)
-from genfast.schedulers._tables import DeviceTables, TableMethods, positive_alpha, prediction_options
+from genfast.schedulers._sigmas import ScheduleNotImplementedError, common_dtype
+from genfast.schedulers._tables import (DeviceTables, TableMethods,
+                                        positive_alpha, prediction_options, threshold_sample)
+
+DDIM_BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid", "laplace")
 
 
 class DDIMScheduler(TableMethods, SchedulerMixin, ConfigMixin):
@@ -44,6 +48,8 @@ class DDIMScheduler(TableMethods, SchedulerMixin, ConfigMixin):
         timestep_spacing: str = "leading",
         rescale_betas_zero_snr: bool = False,
     ):
+        if trained_betas is None and beta_schedule not in DDIM_BETA_SCHEDULES:
+            raise ScheduleNotImplementedError(f"beta_schedule: {beta_schedule} is not implemented for {self.__class__}")
         self.betas = make_betas(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas,
                                 rescale_betas_zero_snr)
         self.alphas = 1.0 - self.betas
@@ -59,6 +65,21 @@ class DDIMScheduler(TableMethods, SchedulerMixin, ConfigMixin):
 
     def scale_model_input(self, sample: torch.Tensor, timestep: int | None = None) -> torch.Tensor:
         return sample
+
+    def _get_variance(self, timestep: int, prev_timestep: int) -> torch.Tensor:
+        """The DDIM posterior variance (1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev) (a tensor)."""
+        alpha_prod_t = self.alphas_cumprod[timestep]
+        alpha_prod_t_prev = self.alphas_cumprod[prev_timestep] if prev_timestep >= 0 else self.final_alpha_cumprod
+        return (1 - alpha_prod_t_prev) / (1 - alpha_prod_t) * (1 - alpha_prod_t / alpha_prod_t_prev)
+
+    def _threshold_sample(self, sample: torch.Tensor) -> torch.Tensor:
+        """Dynamic thresholding of a predicted x0 (see genfast.schedulers._tables.threshold_sample)."""
+        return threshold_sample(self.config, sample)
+
+    def _adopt_state(self):
+        """After from_diffusers copied timesteps and num_inference_steps in: drop derived tables."""
+        self._device_tables.clear()
+        self._stream.reset()
 
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None):
         T = len(self._alphas_host)
@@ -99,7 +120,7 @@ class DDIMScheduler(TableMethods, SchedulerMixin, ConfigMixin):
         if self.num_inference_steps is None:
             raise ValueError("Number of inference steps is 'None', you need to run 'set_timesteps' after creating "
                              "the scheduler")
-        check_step_inputs(model_output, sample)
+        check_step_inputs(model_output, sample, same_dtype=False)
         eta = check_eta(eta)
         alpha_t, alpha_prev = self._alphas(timestep, sample)
         noise, seed, offset = None, None, 0
@@ -115,9 +136,11 @@ class DDIMScheduler(TableMethods, SchedulerMixin, ConfigMixin):
             else:
                 seed, offset = self._stream.next()
         config = self.config
+        model_output, sample = common_dtype(model_output, sample)
         prev_sample, pred_original_sample = ddim_step(
             sample, model_output, alpha_t, alpha_prev, eta=eta, use_clipped_model_output=bool(use_clipped_model_output),
             noise=noise, seed=seed, offset=offset, return_pred_original=True, **prediction_options(config))
         if not return_dict:
             return prev_sample, pred_original_sample
         return DDIMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
+

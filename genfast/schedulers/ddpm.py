@@ -9,9 +9,12 @@ from genfast.samplers.schedules import make_betas, make_timesteps
 from genfast.schedulers._common import (KARRAS_COMPATIBLES, ConfigMixin, DDPMSchedulerOutput, SchedulerMixin,
                                         StreamState, check_step_inputs, device_lookup, host_timestep,
                                         is_device_timestep, randn_like_diffusers, register_to_config)
-from genfast.schedulers._tables import DeviceTables, TableMethods, positive_alpha, prediction_options
+from genfast.schedulers._sigmas import ScheduleNotImplementedError, common_dtype
+from genfast.schedulers._tables import (DeviceTables, TableMethods,
+                                        positive_alpha, prediction_options, threshold_sample)
 
 VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range")
+DDPM_BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "laplace", "sigmoid")
 
 
 class DDPMScheduler(TableMethods, SchedulerMixin, ConfigMixin):
@@ -46,8 +49,8 @@ class DDPMScheduler(TableMethods, SchedulerMixin, ConfigMixin):
         steps_offset: int = 0,
         rescale_betas_zero_snr: bool = False,
     ):
-        if variance_type not in VARIANCE_TYPES:
-            raise ValueError(f"variance_type: {variance_type!r} is not one of {', '.join(VARIANCE_TYPES)}")
+        if trained_betas is None and beta_schedule not in DDPM_BETA_SCHEDULES:
+            raise ScheduleNotImplementedError(f"beta_schedule: {beta_schedule} is not implemented for {self.__class__}")
         self.betas = make_betas(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas,
                                 rescale_betas_zero_snr)
         self.alphas = 1.0 - self.betas
@@ -60,6 +63,7 @@ class DDPMScheduler(TableMethods, SchedulerMixin, ConfigMixin):
         self.variance_type = variance_type
         self._alphas_host = self.alphas_cumprod.tolist()
         self._prev_host: dict[int, int] | None = None  # timestep -> previous timestep (None: t - 1)
+        self._index_host: dict[int, int] | None = None  # timestep -> its index in self.timesteps
         self._device_tables = DeviceTables()
         self._stream = StreamState()
 
@@ -86,20 +90,73 @@ class DDPMScheduler(TableMethods, SchedulerMixin, ConfigMixin):
             ts = make_timesteps(num_inference_steps, T, self.config.timestep_spacing, self.config.steps_offset)
             self.num_inference_steps = int(num_inference_steps)
             self.custom_timesteps = False
-        host = ts.tolist()
-        self._prev_host = {t: (host[i + 1] if i + 1 < len(host) else -1) for i, t in enumerate(host)}
+        self._set_host_schedule(ts.tolist())
         self.timesteps = torch.from_numpy(ts).to(device)
         self._device_tables.clear()
         self._stream.reset()
 
-    def previous_timestep(self, timestep) -> int:
+    def previous_timestep(self, timestep) -> int | torch.Tensor:
+        """The timestep after `timestep` in the inference schedule: like diffusers, an element of
+        self.timesteps (a tensor on its device; tensor(-1) after the last) once set_timesteps ran, else
+        timestep - 1. Found on the host: no device read."""
+        if not (self.custom_timesteps or self.num_inference_steps):
+            return timestep - 1
         t = host_timestep(timestep, len(self._alphas_host))
+        index = self._index_host.get(t) if self._index_host else None
+        if index is None:
+            raise ValueError(f"timestep: {t} is not one of the scheduler's timesteps (set by set_timesteps): "
+                             f"{list(self._prev_host or {})}")
+        if index == self.timesteps.shape[0] - 1:
+            return torch.tensor(-1)
+        return self.timesteps[index + 1]
+
+    def _previous_host(self, t: int) -> int:
         if self._prev_host is None:
             return t - 1
         if t not in self._prev_host:
             raise ValueError(f"timestep: {t} is not one of the scheduler's timesteps (set by set_timesteps): "
                              f"{list(self._prev_host)}")
         return self._prev_host[t]
+
+    def _get_variance(self, t, predicted_variance=None, variance_type=None):
+        """diffusers' DDPM variance at timestep t (a tensor): the clamped posterior variance, or per
+        variance_type its log / beta_t / the model's prediction (learned) / the interpolated log
+        (learned_range). fixed_large_log gives log(beta_t), whose square root the fused step does not
+        take (see the class docstring)."""
+        prev_t = self._previous_host(host_timestep(t, len(self._alphas_host)))
+        alpha_prod_t = self.alphas_cumprod[t]
+        alpha_prod_t_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else self.one
+        current_beta_t = 1 - alpha_prod_t / alpha_prod_t_prev
+        variance = torch.clamp((1 - alpha_prod_t_prev) / (1 - alpha_prod_t) * current_beta_t, min=1e-20)
+        if variance_type is None:
+            variance_type = self.config.variance_type
+        if variance_type == "fixed_small_log":
+            return torch.exp(0.5 * torch.log(variance))
+        if variance_type == "fixed_large":
+            return current_beta_t
+        if variance_type == "fixed_large_log":
+            return torch.log(current_beta_t)
+        if variance_type == "learned":
+            return predicted_variance
+        if variance_type == "learned_range":
+            frac = (predicted_variance + 1) / 2
+            return frac * torch.log(current_beta_t) + (1 - frac) * torch.log(variance)
+        return variance  # fixed_small, and any other string (diffusers passes unknown ones through)
+
+    def _threshold_sample(self, sample: torch.Tensor) -> torch.Tensor:
+        """Dynamic thresholding of a predicted x0 (see genfast.schedulers._tables.threshold_sample)."""
+        return threshold_sample(self.config, sample)
+
+    def _adopt_state(self):
+        """After from_diffusers copied timesteps, num_inference_steps and custom_timesteps in."""
+        if self.custom_timesteps or self.num_inference_steps:
+            self._set_host_schedule(self.timesteps.detach().cpu().tolist())
+        self._device_tables.clear()
+        self._stream.reset()
+
+    def _set_host_schedule(self, host: list) -> None:
+        self._prev_host = {t: (host[i + 1] if i + 1 < len(host) else -1) for i, t in enumerate(host)}
+        self._index_host = {t: i for i, t in enumerate(host)}
 
     def _build_device_tables(self):
         """alpha_prod_t and alpha_prod_t_prev indexed by the timestep's value; NaN where a timestep is
@@ -123,8 +180,8 @@ class DDPMScheduler(TableMethods, SchedulerMixin, ConfigMixin):
         return_dict: bool = True,
     ) -> DDPMSchedulerOutput | tuple:
         """x_t -> x_{t_prev}: diffusers' DDPMScheduler.step, computed by one fused kernel."""
-        check_step_inputs(model_output, sample)
-        variance_type = self.variance_type
+        check_step_inputs(model_output, sample, same_dtype=False)
+        variance_type = self.variance_type if self.variance_type in VARIANCE_TYPES else "fixed_small"
         learned = variance_type in ("learned", "learned_range")
         if learned and (model_output.dim() < 2 or model_output.shape[1] != 2 * sample.shape[1]):
             raise ValueError(f"model_output: variance_type={variance_type!r} needs 2 * {sample.shape[1]} channels "
@@ -139,7 +196,7 @@ class DDPMScheduler(TableMethods, SchedulerMixin, ConfigMixin):
             draws = True
         else:
             t = host_timestep(timestep, len(self._alphas_host))
-            p = self.previous_timestep(t)
+            p = self._previous_host(t)
             alpha_t = positive_alpha(self._alphas_host[t])
             alpha_prev = self._alphas_host[p] if p >= 0 else 1.0
             add_noise = draws = t > 0
@@ -149,9 +206,11 @@ class DDPMScheduler(TableMethods, SchedulerMixin, ConfigMixin):
                 noise = randn_like_diffusers(sample.shape, generator, model_output.device, model_output.dtype)
             else:
                 seed, offset = self._stream.next()
+        model_output, sample = common_dtype(model_output, sample)
         prev_sample, pred_original_sample = ddpm_step(
             sample, model_output, alpha_t, alpha_prev, variance_type=variance_type, noise=noise, seed=seed,
             offset=offset, add_noise=add_noise, return_pred_original=True, **prediction_options(self.config))
         if not return_dict:
             return prev_sample, pred_original_sample
         return DDPMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
+

@@ -122,8 +122,10 @@ class GenerativeModel:
                 x = sample_ddim(self.net, z, schedule, steps=steps or 50, eta=eta, **kw)
             elif sampler == "ddpm":
                 x = sample_ddpm(self.net, z, schedule, steps=steps, **kw)
-            else:
-                raise ValueError(f"--sampler: expected ddim or ddpm, got {sampler!r}")
+            else:  # euler, euler-a, dpm++2m, dpm++2m-sde (genfast.samplers.sigma.NAMED_SAMPLERS)
+                from genfast.samplers.sigma import sample_named
+
+                x = sample_named(sampler, self.net, z, schedule, steps=steps, **kw)
             return from_signed(x.float())
         if labels is not None or guidance_scale is not None:
             raise ValueError(f"--label/--guidance-scale: the {self.kind} model is unconditional")

@@ -1,0 +1,149 @@
+// CPU kernel of genfast.ops' sampler steps (Euler, Euler ancestral, DPM-Solver++): one pass over memory
+// in chunks of kChunk elements (OpenMP over chunks). Per chunk the inputs are converted to fp32 buffers
+// (the model output per run of one batch sample, so a 2C-channel learned-variance output reads its first
+// C channels in place), the noise is drawn with one Philox call per four elements, then a straight-line
+// loop templated on what changes the per-element arithmetic evaluates kernels/sampler_steps.cuh.
+#include <cmath>
+#include <cstring>
+
+#include "philox.cuh"
+#include "sampler_steps.h"
+#include "stream_cpu.h"
+
+namespace genfast {
+namespace {
+
+constexpr int64_t kChunk = 2048;  // multiple of 4: chunk starts are Philox-counter aligned
+constexpr int64_t kGrain = 32768;
+
+float load_any_dtype(uintptr_t base, int dtype, int64_t i) {
+  switch (dtype) {
+    case kFloat32: return reinterpret_cast<const float*>(base)[i];
+    case kFloat16: return half_bits_to_float(reinterpret_cast<const uint16_t*>(base)[i]);
+    case kBFloat16: return bf16_bits_to_float(reinterpret_cast<const uint16_t*>(base)[i]);
+    default: return static_cast<float>(reinterpret_cast<const double*>(base)[i]);
+  }
+}
+
+template <typename T>
+inline void load_f32(const T* src, float* dst, int64_t len) {
+  for (int64_t j = 0; j < len; ++j) dst[j] = Convert<T>::load(src + j);
+}
+
+template <typename T>
+inline void store_f32(T* dst, const float* src, int64_t len) {
+  for (int64_t j = 0; j < len; ++j) Convert<T>::store(dst + j, src[j]);
+}
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define GF_SAMPLER_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define GF_SAMPLER_CLONES
+#endif
+
+// One run of elements sharing a batch sample (hence one thresholding scale); an AVX2 clone where the CPU
+// has it (the build targets baseline x86-64).
+template <int History, bool Thresholding>
+GF_SAMPLER_CLONES void sampler_run(const SamplerStepParams& p, const float* x, const float* m, const float* h1, const float* h2,
+                 const float* z, float s, float* prev, float* conv, int64_t len) {
+  SamplerStepParams q = p;
+  q.history = History;
+  for (int64_t j = 0; j < len; ++j) {
+    const float a = History >= 1 ? h1[j] : 0.0f;
+    const float b = History >= 2 ? h2[j] : 0.0f;
+    prev[j] = sampler_element(q, x[j], m[j], a, b, z[j], Thresholding, s, conv[j]);
+  }
+}
+
+using SamplerRunFn = void (*)(const SamplerStepParams&, const float*, const float*, const float*, const float*,
+                              const float*, float, float*, float*, int64_t);
+
+SamplerRunFn pick_sampler_run(int history, bool thresholding) {
+  static const SamplerRunFn table[3][2] = {{sampler_run<0, false>, sampler_run<0, true>},
+                                           {sampler_run<1, false>, sampler_run<1, true>},
+                                           {sampler_run<2, false>, sampler_run<2, true>}};
+  return table[history][thresholding ? 1 : 0];
+}
+
+template <typename T>
+void run(const SamplerStepParams& p) {
+  const T* sample = reinterpret_cast<const T*>(p.sample);
+  const T* model = reinterpret_cast<const T*>(p.model);
+  const T* cond = reinterpret_cast<const T*>(p.cond);
+  const T* hist1 = reinterpret_cast<const T*>(p.hist1);
+  const T* hist2 = reinterpret_cast<const T*>(p.hist2);
+  const float* lo_ptr = reinterpret_cast<const float*>(p.thresh_lo);
+  const float* hi_ptr = reinterpret_cast<const float*>(p.thresh_hi);
+  const bool thresholding = p.thresh_lo != 0 && !p.mode_abs_x0;
+  const bool with_noise = p.noise_src != kSamplerNoiseNone;
+  const uint64_t seed = load_stream_value(p.seed, p.seed_ptr);
+  const uint64_t offset = load_stream_value(p.offset, p.offset_ptr);
+  const SamplerRunFn step = pick_sampler_run(p.history, thresholding);
+  const int64_t n = p.n, inner = p.inner, mstride = p.model_stride;
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+
+// Threads only past torch's grain size (32768 elements per thread): below it a parallel region costs more
+// than it saves, and on a busy machine a spinning worker can stall the step for a whole time slice.
+#pragma omp parallel for schedule(static) if (n > 2 * kGrain)
+  for (int64_t ci = 0; ci < chunks; ++ci) {
+    alignas(64) float xs[kChunk], ms[kChunk], h1s[kChunk], h2s[kChunk], zs[kChunk], ps[kChunk], cs[kChunk];
+    const int64_t start = ci * kChunk;
+    const int64_t len = n - start < kChunk ? n - start : kChunk;
+    load_f32(sample + start, xs, len);
+    if (p.history >= 1) load_f32(hist1 + start, h1s, len);
+    if (p.history >= 2) load_f32(hist2 + start, h2s, len);
+    if (!with_noise) {
+      std::memset(zs, 0, sizeof(float) * len);
+    } else if (p.noise_src == kSamplerNoiseStream) {
+      stream_normals_cpu(seed, offset, start, len, zs);
+    } else if (p.noise_dtype == kFloat32) {
+      std::memcpy(zs, reinterpret_cast<const float*>(p.noise) + start, len * sizeof(float));
+    } else {
+      for (int64_t j = 0; j < len; ++j) zs[j] = load_any_dtype(p.noise, p.noise_dtype, start + j);
+    }
+    for (int64_t i = start; i < start + len;) {
+      const int64_t b = i / inner;
+      const int64_t run_end = (b + 1) * inner < start + len ? (b + 1) * inner : start + len;
+      const int64_t rl = run_end - i, o = i - start;
+      const int64_t midx = b * mstride + (i - b * inner);
+      load_f32(model + midx, ms + o, rl);
+      if (p.guidance) {
+        const float w = p.guidance_scale;
+        for (int64_t j = 0; j < rl; ++j) {
+          const float u = ms[o + j];
+          ms[o + j] = u + w * (Convert<T>::load(cond + midx + j) - u);
+        }
+      }
+      if (p.mode_abs_x0) {
+        float* out = reinterpret_cast<float*>(p.out) + i;
+        for (int64_t j = 0; j < rl; ++j) out[j] = std::fabs(sampler_x0(p, xs[o + j], ms[o + j], zs[o + j]));
+      } else {
+        const float s = thresholding ? sampler_threshold_scale(lo_ptr[b], hi_ptr[b], p.thresh_weight, p.thresh_max) : 1.0f;
+        step(p, xs + o, ms + o, h1s + o, h2s + o, zs + o, s, ps + o, cs + o, rl);
+      }
+      i = run_end;
+    }
+    if (p.mode_abs_x0) continue;
+    store_f32(reinterpret_cast<T*>(p.out) + start, ps, len);
+    if (p.out_aux == 0) continue;
+    if (p.aux_dtype == kFloat32) {
+      std::memcpy(reinterpret_cast<float*>(p.out_aux) + start, cs, len * sizeof(float));
+    } else {
+      store_f32(reinterpret_cast<T*>(p.out_aux) + start, cs, len);
+    }
+  }
+}
+
+}  // namespace
+
+void sampler_step_cpu(const SamplerStepParams& p) {
+  check_sampler_step_params(p);
+  if (p.n == 0) return;
+  switch (p.dtype) {
+    case kFloat32: run<float>(p); break;
+    case kFloat16: run<Half>(p); break;
+    case kBFloat16: run<BFloat16>(p); break;
+  }
+}
+
+}  // namespace genfast
