@@ -51,6 +51,21 @@ class LDMTrainer:
         state.update({f"unet.{k}": v for k, v in self.ema.state_dict().items()})
         return state
 
+    @torch.no_grad()
+    def preview(self, n: int):
+        """During the autoencoder stage (no latent scale yet, nothing to sample): training images above
+        their reconstructions (decoder means), rows of 8. Afterwards None: sample as usual."""
+        if float(self.ldm.latent_scale) != 0.0:
+            return None
+        was = self.ldm.autoencoder.training
+        self.ldm.autoencoder.eval()
+        x = self.images[:max(1, n // 2)].to(self.ldm.latent_scale.device)
+        mu, _ = self.ldm.autoencoder.encode(x)
+        recon = torch.sigmoid(self.ldm.autoencoder.decode(mu))
+        self.ldm.autoencoder.train(was)
+        rows = [t for i in range(0, len(x), 8) for t in (x[i:i + 8], recon[i:i + 8])]
+        return torch.cat(rows).cpu()
+
     def train_step(self, source) -> dict:
         if self.step_count < self.config["autoencoder_steps"]:
             out = self._autoencoder_step(source)

@@ -1,5 +1,6 @@
 """ProGAN training (Karras et al. 2018): WGAN-GP with the drift term, one critic step per generator step,
-Adam (lr 1e-3, betas (0, 0.99)), an exponential moving average of the generator for sampling, and the
+Adam (lr 1e-3, betas (0, 0.99)), an exponential moving average of the generator for sampling (decay
+0.999, warmed up as min(0.999, (1 + step) / (10 + step))), and the
 resolution schedule: `phase_steps` steps at 4x4, then for each new resolution `phase_steps` steps of
 fade-in (alpha rising linearly from 0 to 1) and `phase_steps` steps stable. The stage is a function of
 the step alone, so --resume continues exactly. The real images are average-pooled to the current
@@ -99,7 +100,8 @@ class ProGANTrainer:
         g_loss.backward()
         self.opt_g.step()
 
-        decay = self.config["ema_decay"]
+        # warmed-up decay (as the DDPM kind's EMA): short runs would otherwise sample near the initial weights
+        decay = min(self.config["ema_decay"], (1 + self.step_count) / (10 + self.step_count))
         with torch.no_grad():
             for e, p in zip(self.sampler.generator.parameters(), self.generator.parameters()):
                 e.lerp_(p, 1 - decay)
