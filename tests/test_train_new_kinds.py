@@ -102,7 +102,11 @@ def test_ldm_img2img_from_an_init_image(tmp_path, capsys):
     from PIL import Image
 
     run = tmp_path / "l"
-    assert main(["train", "ldm", "--steps", "2", "--out-dir", str(run), *COMMON]) == 0
+    # 4 steps: the first trains the autoencoder (its grid: digits over their reconstructions), then diffusion
+    assert main(["train", "ldm", "--steps", "4", "--out-dir", str(run), *COMMON, "--sample-every", "1"]) == 0
+    assert _png(run / "samples_000001.png").shape[:2] == (2 * 33 + 1, 2 * 33 + 1)  # 2 digits over 2 recons, scale 2
+    _, meta = load_checkpoint(run / "last.safetensors")
+    assert meta["config"]["autoencoder_steps"] == 1
     init = tmp_path / "three.png"
     Image.fromarray((np.eye(32) * 255).astype(np.uint8)).save(init)
     args = ["sample", "--checkpoint", str(run / "last.safetensors"), "--init-image", str(init), "--n", "3",

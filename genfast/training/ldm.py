@@ -54,7 +54,7 @@ class LDMTrainer:
     @torch.no_grad()
     def preview(self, n: int):
         """During the autoencoder stage (no latent scale yet, nothing to sample): training images above
-        their reconstructions (decoder means), rows of 8. Afterwards None: sample as usual."""
+        their reconstructions (decoder means), rows of up to 8 -> (images, per row). Afterwards None."""
         if float(self.ldm.latent_scale) != 0.0:
             return None
         was = self.ldm.autoencoder.training
@@ -63,8 +63,9 @@ class LDMTrainer:
         mu, _ = self.ldm.autoencoder.encode(x)
         recon = torch.sigmoid(self.ldm.autoencoder.decode(mu))
         self.ldm.autoencoder.train(was)
-        rows = [t for i in range(0, len(x), 8) for t in (x[i:i + 8], recon[i:i + 8])]
-        return torch.cat(rows).cpu()
+        width = min(8, len(x))
+        rows = [t for i in range(0, len(x), width) for t in (x[i:i + width], recon[i:i + width])]
+        return torch.cat(rows).cpu(), width
 
     def train_step(self, source) -> dict:
         if self.step_count < self.config["autoencoder_steps"]:

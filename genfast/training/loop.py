@@ -397,7 +397,7 @@ def train(s: TrainSettings, log: Callable[[str], None] = print) -> dict:
             return
         early = trainer.preview(s.sample_images) if hasattr(trainer, "preview") else None
         if early is not None:  # a stage with nothing to sample yet (ldm's autoencoder): what it shows instead
-            save_grid(run_dir / f"samples_{step:06d}.png", early, nrow=8, scale=2)
+            save_grid(run_dir / f"samples_{step:06d}.png", early[0], nrow=early[1], scale=2)
             return
         net = build_networks(s.model, config)[sampling_network(s.model)].to(device)
         net.load_state_dict(trainer.sampling_state())

@@ -52,8 +52,12 @@ ENCODE_OFFSET = LATENT_OFFSET + 1  # img2img: the posterior draw of the latent d
 DDPM_SCHEDULE = {"num_train_timesteps": 1000, "beta_schedule": "squaredcos_cap_v2", "prediction_type": "epsilon",
                  "clip_sample": True, "clip_sample_range": 1.0, "timestep_spacing": "trailing",
                  "variance_type": "fixed_small"}
-# Latents are unit-variance, not images in [-1, 1]: no clipping (as Stable Diffusion).
-LDM_SCHEDULE = {**DDPM_SCHEDULE, "clip_sample": False}
+# Latents are unit-variance, not images in [-1, 1]: no clipping, and Stable Diffusion's scaled-linear betas,
+# whose last cumulative alpha (0.0047) keeps the first DDIM step's x0 = (x - sqrt(1 - a) eps) / sqrt(a) within
+# 15x of the noise prediction's error; the cosine schedule's last alpha (~2e-9) would amplify it 2e4 times,
+# which the pixel-space DDPM survives only because it clips x0 to [-1, 1].
+LDM_SCHEDULE = {**DDPM_SCHEDULE, "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012,
+                "clip_sample": False}
 # Distilled students predict v (Salimans & Ho 2022): x0 = sqrt(a) x - sqrt(1 - a) v stays well-posed at the
 # first, almost pure-noise step where an epsilon prediction divides by sqrt(a) ~ 5e-5. No clipping: the
 # student's step must reproduce its teacher's two steps exactly.
