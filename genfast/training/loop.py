@@ -152,9 +152,7 @@ class DDPMTrainer:
 class GANKindTrainer:
     """DCGAN (non-saturating loss, BatchNorm discriminator), LSGAN (the same networks, least-squares loss of
     Mao et al. 2017) or WGAN-GP (5 critic steps, fused penalty), through genfast.training.GANTrainer.
-    One step = n_critic critic updates + one generator update. Samples come from an exponential moving
-    average of the generator's weights (decay min(0.999, (1 + step) / (10 + step)); Karras et al. 2018,
-    Yazici et al. 2019), its BatchNorm statistics copied from the generator."""
+    One step = n_critic critic updates + one generator update."""
 
     def __init__(self, kind, nets, config, lr, ddp, penalty_impl="genfast"):
         from genfast.training.gan import GANTrainer
@@ -169,17 +167,15 @@ class GANKindTrainer:
                       penalty="two-sided", penalty_impl=penalty_impl)
         self.gan = GANTrainer(ddp(self.generator), ddp(self.critic), nz=nz, **kw)
         # GANTrainer built its Adam over the (possibly DDP-wrapped) modules: same parameters
-        self.ema = ema_copy(self.generator)
-        self.step_count = 0
 
     def optimizers(self):
         return {"opt_g": self.gan.opt_g, "opt_d": self.gan.opt_d}
 
     def networks(self):
-        return {"generator": self.generator, "critic": self.critic, "ema": self.ema}
+        return {"generator": self.generator, "critic": self.critic}
 
     def sampling_state(self):
-        return self.ema.state_dict()
+        return self.generator.state_dict()
 
     def train_step(self, source: BatchSource) -> dict:
         def batches():
@@ -187,13 +183,6 @@ class GANKindTrainer:
                 yield to_signed(source.next()[0])
 
         out = self.gan.train_step(batches())
-        decay = min(0.999, (1 + self.step_count) / (10 + self.step_count))
-        with torch.no_grad():
-            for e, p in zip(self.ema.parameters(), self.generator.parameters()):
-                e.lerp_(p, 1 - decay)
-            for e, p in zip(self.ema.buffers(), self.generator.buffers()):
-                e.copy_(p)
-        self.step_count += 1
         return {"d_loss": out["critic_loss"], "g_loss": out["generator_loss"]}
 
 
