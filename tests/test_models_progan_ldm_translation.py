@@ -21,7 +21,7 @@ def _fits(loss_fn, params, steps=8, lr=1e-3):
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return first, float(loss_fn())
+    return first, float(loss_fn().detach())
 
 
 # ---- ProGAN -------------------------------------------------------------------------------------------

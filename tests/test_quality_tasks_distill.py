@@ -90,3 +90,25 @@ def test_distillation_target_is_the_x0_whose_ddim_step_lands_on_the_teachers_res
     with torch.no_grad():
         stepped = ddim_step(x_t.float(), v.float(), a_t.float(), a_prev.float(), prediction_type="v_prediction")
     torch.testing.assert_close(stepped.double(), x_prev, rtol=1e-4, atol=1e-4)
+
+
+def test_compare_times_new_models_and_reports_their_quality(tmp_path, capsys, digits):
+    import json
+
+    from genfast.cli import main
+    from genfast.training.zoo import embedded_path
+
+    for kind, variant in (("distill", 3), ("pix2pix", None)):
+        if not embedded_path(kind, variant).exists():
+            pytest.skip(f"the embedded {kind} weights are not in this checkout")
+    assert main(["compare", "--train", "progan", "--sample", "distill-3,pix2pix", "--train-batches", "1", "--n", "4",
+                 "--quality-n", "40", "--out", str(tmp_path / "c.png"), "--device", "cpu", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    rows = {(r["task"], r["model"]): r for r in out["rows"]}
+    train = rows[("train epoch", "progan")]
+    assert train["batches"] == 1 and train["genfast_s"] > 0 and "frechet_distance" not in train
+    student, translation = rows[("sample batch", "distill-3")], rows[("sample batch", "pix2pix")]
+    assert student["quality_n"] == 40 and translation["quality_n"] == 180  # every held-out input once
+    for r in (student, translation):  # the embedded models draw recognisable digits of the asked-for class
+        assert r["accuracy"] > 0.8 and r["confidence"] > 0.8 and r["max_pixel_diff"] < 1e-3
+        assert 0 < r["frechet_distance"] < 20 * out["real_digits"]["frechet_distance"]

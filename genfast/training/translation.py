@@ -4,7 +4,8 @@
             halved (Isola et al.); generator: non-saturating BCE + l1_weight * |G(source) - target|_1.
   cyclegan  A (images as they are) <-> B (bold ink on paper), unpaired: A and B come from two different
             batches. Generators: least-squares GAN loss on both, cycle_weight * (|F(G(a)) - a|_1 +
-            |G(F(b)) - b|_1) + identity_weight * cycle_weight * (|G(b) - b|_1 + |F(a) - a|_1); each
+            |G(F(b)) - b|_1) + the optional identity loss identity_weight * cycle_weight * (|G(b) - b|_1 +
+            |F(a) - a|_1) (off by default: domain B is domain A inverted, and it pulls towards no change); each
             discriminator: least-squares loss, halved, on real images vs fakes from a history pool of 50.
   srresnet  4x average-pooled -> image, pixel MSE (the SRResNet-MSE baseline of Ledig et al.).
   srgan     the same for its first pretrain_steps steps (the paper initializes SRGAN from SRResNet), then
