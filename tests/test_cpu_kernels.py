@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import genfast
-from genfast.ops import ddim_step, ddpm_step, gradient_norm_penalty, interpolate, rand, randn, reparameterize_kl
+from genfast.ops import ddim_step, ddpm_step, gradient_norm_penalty, interpolate, reparameterize_kl
 
 pytestmark = pytest.mark.skipif(not genfast.backends()["cpu"].available, reason="the cpu backend is not built")
 

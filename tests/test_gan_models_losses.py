@@ -1,5 +1,4 @@
 """GAN losses, DCGAN / WGAN-GP critic models and the GAN training step (eager path on CPU)."""
-import math
 
 import pytest
 import torch

@@ -9,7 +9,7 @@ from torch.distributions import Normal, kl_divergence
 import genfast
 from genfast.ops import randn, reparameterize, reparameterize_kl
 from genfast.ops.vae import vae_forward_op
-from tests.tolerances import TOL, assert_close
+from tests.tolerances import assert_close
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 # Odd sizes (not multiples of any block), D % 4 != 0 (per-element noise path) and D % 4 == 0.

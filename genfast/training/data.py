@@ -145,3 +145,55 @@ def load_data(spec: str, image_size: int = 16) -> ImageData:
     if path.suffix.lower() == ".npz":
         return load_npz(path, image_size)
     raise ValueError(f"--data: {spec} is not a folder or an .npz file")
+
+
+# ------------------------------------------------------------------------------------------------------
+# Held-out split and the image-to-image tasks derived from any image data (digits, a folder, an .npz)
+# ------------------------------------------------------------------------------------------------------
+HOLDOUT_FRACTION = 0.1
+
+
+def holdout_split(data: ImageData, fraction: float = HOLDOUT_FRACTION) -> tuple[ImageData, ImageData]:
+    """(train, test): a fixed permutation (seed 0) of the images, the last `fraction` of it held out.
+    The image-to-image models train on `train` and `genfast sample` shows them `test`; the classifier
+    reports its accuracy on `test`."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction: expected a number in (0, 1), got {fraction}")
+    n = len(data.images)
+    held = max(1, int(round(n * fraction)))
+    if n - held < 1:
+        raise ValueError(f"--data: {n} images are too few to hold {held} out for testing")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    parts = []
+    for name, idx in (("train", perm[:n - held]), ("test", perm[n - held:])):
+        labels = data.labels[idx] if data.labels is not None else None
+        parts.append(ImageData(data.images[idx], labels, data.num_classes, f"{data.name}[{name}]"))
+    return parts[0], parts[1]
+
+
+def _dilate(x: torch.Tensor) -> torch.Tensor:
+    return F.max_pool2d(x, 3, stride=1, padding=1)
+
+
+def _erode(x: torch.Tensor) -> torch.Tensor:
+    return -F.max_pool2d(-x, 3, stride=1, padding=1)
+
+
+def edges(x: torch.Tensor, threshold: float = 0.25) -> torch.Tensor:
+    """pix2pix's input: the binary outline of images [B, C, S, S] in [0, 1] -- where the morphological
+    gradient (3x3 dilation minus erosion) of the grey level exceeds `threshold`."""
+    grey = x.mean(dim=1, keepdim=True)
+    return ((_dilate(grey) - _erode(grey)) > threshold).to(x.dtype).expand_as(x).contiguous()
+
+
+def bold_ink_on_paper(x: torch.Tensor) -> torch.Tensor:
+    """CycleGAN's domain B: strokes thickened by a 3x3 dilation and drawn dark on white (1 - dilation);
+    domain A is the images as they are."""
+    return 1.0 - _dilate(x)
+
+
+def downsample(x: torch.Tensor, factor: int = 4) -> torch.Tensor:
+    """SRGAN's input: images average-pooled by `factor` (16x16 -> 4x4)."""
+    if x.shape[-1] % factor or x.shape[-2] % factor:
+        raise ValueError(f"--image-size: {x.shape[-1]} px is not divisible by the super-resolution factor {factor}")
+    return F.avg_pool2d(x, factor)

@@ -46,12 +46,14 @@ class DistContext:
     def active(self) -> bool:
         return self.world_size > 1
 
-    def wrap(self, module: torch.nn.Module) -> torch.nn.Module:
-        """DistributedDataParallel under torchrun, the module itself otherwise."""
+    def wrap(self, module: torch.nn.Module, find_unused_parameters: bool = False) -> torch.nn.Module:
+        """DistributedDataParallel under torchrun, the module itself otherwise. find_unused_parameters: for
+        networks that use only some of their layers per step (ProGAN before it has grown)."""
         if not self.active:
             return module
         ids = [self.device.index] if self.device.type == "cuda" else None
-        return torch.nn.parallel.DistributedDataParallel(module, device_ids=ids)
+        return torch.nn.parallel.DistributedDataParallel(module, device_ids=ids,
+                                                         find_unused_parameters=find_unused_parameters)
 
     def any(self, flag: bool) -> bool:
         """True on every rank if it is true on one (so all ranks stop at the same step)."""

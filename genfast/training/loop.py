@@ -1,4 +1,4 @@
-"""`genfast train`: DDPM, DCGAN, WGAN-GP, VAE and beta-VAE on digits, an image folder or an .npz array.
+"""`genfast train`: every model kind (see genfast.training.zoo) on digits, an image folder or an .npz array.
 
 Every step is a pure function of (seed, step): the data order comes from a per-epoch permutation seeded
 by (seed, epoch), and torch's default generator is re-seeded from (seed, step, rank) before each step
@@ -18,7 +18,7 @@ import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -27,9 +27,10 @@ from torch import nn
 from genfast.training import distributed as dist_util
 from genfast.training.checkpoint import (CheckpointError, flatten_optimizer, load_checkpoint, prefixed, save_checkpoint,
                                 unflatten_optimizer, unprefixed)
-from genfast.training.data import ImageData, load_data, to_signed
+from genfast.training.data import ImageData, holdout_split, load_data, to_signed
 from genfast.training.images import save_grid
-from genfast.training.zoo import MODEL_KINDS, GenerativeModel, build_networks, default_config, ema_copy, sampling_network
+from genfast.training.zoo import (GAN_KINDS, HOLDOUT_KINDS, TRAIN_KINDS, GenerativeModel, build_networks, default_config,
+                                  ema_copy, finalize_config, preview, sampling_network)
 
 
 @dataclass
@@ -149,17 +150,18 @@ class DDPMTrainer:
 
 
 class GANKindTrainer:
-    """DCGAN (non-saturating loss, BatchNorm discriminator) or WGAN-GP (5 critic steps, fused penalty),
-    through genfast.training.GANTrainer. One step = n_critic critic updates + one generator update."""
+    """DCGAN (non-saturating loss, BatchNorm discriminator), LSGAN (the same networks, least-squares loss of
+    Mao et al. 2017) or WGAN-GP (5 critic steps, fused penalty), through genfast.training.GANTrainer.
+    One step = n_critic critic updates + one generator update."""
 
     def __init__(self, kind, nets, config, lr, ddp, penalty_impl="genfast"):
         from genfast.training.gan import GANTrainer
 
         self.generator, self.critic = nets["generator"], nets["critic"]
         nz = config["generator"]["nz"]
-        if kind == "dcgan":
-            kw = dict(lr_g=lr or 2e-4, lr_d=lr or 2e-4, betas=(0.5, 0.999), n_critic=1, loss="nonsaturating",
-                      penalty=None)
+        if kind in ("dcgan", "lsgan"):
+            kw = dict(lr_g=lr or 2e-4, lr_d=lr or 2e-4, betas=(0.5, 0.999), n_critic=1,
+                      loss="nonsaturating" if kind == "dcgan" else "lsgan", penalty=None)
         else:
             kw = dict(lr_g=lr or 1e-4, lr_d=lr or 1e-4, betas=(0.0, 0.9), n_critic=5, loss="wgan",
                       penalty="two-sided", penalty_impl=penalty_impl)
@@ -216,14 +218,42 @@ class VAETrainer:
         return {"loss": loss.detach(), "kl": kl.detach()}
 
 
-def make_trainer(kind: str, nets: dict, config: dict, lr: float | None, ddp: Callable, penalty_impl="genfast"):
+def make_trainer(kind: str, nets: dict, config: dict, lr: float | None, ddp: Callable, penalty_impl="genfast",
+                 data: ImageData | None = None, test_data: ImageData | None = None):
+    """The trainer of `kind`. ddp(module, **kw) wraps a network for torchrun (the identity otherwise);
+    data: the training images (latent diffusion measures its latent scale on them, the autoencoder fits
+    its Gaussian); test_data: the held-out split (the classifier reports its accuracy on it)."""
     if kind == "ddpm":
         return DDPMTrainer(nets, config, lr or DDPMTrainer.default_lr, ddp)
-    if kind in ("dcgan", "wgan-gp"):
+    if kind in GAN_KINDS:
         return GANKindTrainer(kind, nets, config, lr, ddp, penalty_impl)
     if kind in ("vae", "beta-vae"):
         return VAETrainer(nets, config, lr or VAETrainer.default_lr, ddp)
-    raise ValueError(f"--model: unknown model {kind!r}; choose one of {', '.join(MODEL_KINDS)}")
+    if kind == "progan":
+        from genfast.training.progan import ProGANTrainer
+        return ProGANTrainer(nets, config, lr, ddp, penalty_impl)
+    if kind == "ldm":
+        from genfast.training.ldm import LDMTrainer
+        return LDMTrainer(nets, config, lr, ddp, data)
+    if kind == "distill":
+        from genfast.training.distill import DistillTrainer
+        return DistillTrainer(nets, config, lr, ddp)
+    if kind == "pix2pix":
+        from genfast.training.translation import Pix2PixTrainer
+        return Pix2PixTrainer(nets, config, lr, ddp)
+    if kind == "cyclegan":
+        from genfast.training.translation import CycleGANTrainer
+        return CycleGANTrainer(nets, config, lr, ddp)
+    if kind in ("srgan", "srresnet"):
+        from genfast.training.translation import SRTrainer
+        return SRTrainer(kind, nets, config, lr, ddp)
+    if kind == "ae":
+        from genfast.training.basic import AETrainer
+        return AETrainer(nets, config, lr, ddp, data)
+    if kind == "classifier":
+        from genfast.training.basic import ClassifierTrainer
+        return ClassifierTrainer(nets, config, lr, ddp, test_data)
+    raise ValueError(f"--model: unknown model {kind!r}; choose one of {', '.join(TRAIN_KINDS)}")
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -284,8 +314,8 @@ def _metrics_text(metrics: dict) -> str:
 def train(s: TrainSettings, log: Callable[[str], None] = print) -> dict:
     """Runs `genfast train`; returns a summary: final step, checkpoint path, last metrics, seconds and the
     trained networks by name."""
-    if s.model not in MODEL_KINDS:
-        raise ValueError(f"--model: unknown model {s.model!r}; choose one of {', '.join(MODEL_KINDS)}")
+    if s.model not in TRAIN_KINDS:
+        raise ValueError(f"--model: unknown model {s.model!r}; choose one of {', '.join(TRAIN_KINDS)}")
     for name in ("steps", "batch_size", "save_every", "sample_every", "sample_images"):
         v = getattr(s, name)
         if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
@@ -295,20 +325,14 @@ def train(s: TrainSettings, log: Callable[[str], None] = print) -> dict:
     ctx = dist_util.context(s.device)
     device = ctx.device
     data = load_data(s.data, s.image_size)
-    config = default_config(s.model, data.channels, data.image_size, data.num_classes)
-    if s.model == "beta-vae" and "beta" in s.extra:
-        config["beta"] = float(s.extra["beta"])
+    test_data = None
+    if s.model in HOLDOUT_KINDS:  # image-to-image models and the classifier keep 10% of the data unseen
+        data, test_data = holdout_split(data)
     run_dir = s.run_dir
     last = run_dir / "last.safetensors"
     data_meta = data.describe()
-
-    torch.manual_seed(s.seed)  # weight initialization
-    nets = build_networks(s.model, config)
-    for n in nets.values():
-        n.to(device)
-    trainer = make_trainer(s.model, nets, config, s.lr, ctx.wrap)
-    start, taken = 0, 0
-    if s.resume:
+    resumed = None
+    if s.resume:  # the checkpoint's config, not a fresh one: phase lengths etc. were settled at the start
         tensors, meta = load_checkpoint(last, "--resume")
         if meta.get("model") != s.model or meta.get("data") != data_meta:
             raise CheckpointError(f"--resume: {last} was trained as {meta.get('model')} on {meta.get('data')}, "
@@ -316,6 +340,21 @@ def train(s: TrainSettings, log: Callable[[str], None] = print) -> dict:
         if "optim" not in meta:
             raise CheckpointError(f"--resume: {last} holds only sampling weights, no training state")
         config = meta["config"]
+        resumed = tensors, meta
+    else:
+        config = default_config(s.model, data.channels, data.image_size, data.num_classes)
+        if s.model == "beta-vae" and "beta" in s.extra:
+            config["beta"] = float(s.extra["beta"])
+        config = finalize_config(s.model, config, s.steps, data, s.extra)
+
+    torch.manual_seed(s.seed)  # weight initialization
+    nets = build_networks(s.model, config)
+    for n in nets.values():
+        n.to(device)
+    trainer = make_trainer(s.model, nets, config, s.lr, ctx.wrap, data=data, test_data=test_data)
+    start, taken = 0, 0
+    if resumed is not None:
+        tensors, meta = resumed
         restore(trainer, {k: v.to(device) for k, v in tensors.items()}, meta["optim"])
         start, taken = int(meta["step"]), int(meta["batches"])
         if hasattr(trainer, "step_count"):
@@ -328,6 +367,8 @@ def train(s: TrainSettings, log: Callable[[str], None] = print) -> dict:
     def meta_for(step: int, optim_meta: dict | None) -> dict:
         meta = {"model": s.model, "config": config, "data": data_meta, "step": step, "batches": source.taken,
                 "settings": {k: v for k, v in asdict(s).items() if k not in ("progress",)}}
+        if hasattr(trainer, "extra_meta"):
+            meta.update(trainer.extra_meta())
         if optim_meta is not None:
             meta["optim"] = optim_meta
         return meta
@@ -338,11 +379,31 @@ def train(s: TrainSettings, log: Callable[[str], None] = print) -> dict:
             save_checkpoint(last, tensors, meta_for(step, optim_meta))
 
     def write_samples(step: int) -> None:
-        if ctx.rank == 0:
-            net = build_networks(s.model, config)[sampling_network(s.model)].to(device)
-            net.load_state_dict(trainer.sampling_state())
-            model = GenerativeModel(s.model, net, config, {"data": data_meta})
-            save_grid(run_dir / f"samples_{step:06d}.png", model.sample(s.sample_images, seed=s.seed), nrow=8, scale=2)
+        if ctx.rank != 0:
+            return
+        if hasattr(trainer, "evaluate"):  # the classifier: a held-out accuracy instead of a grid
+            log(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in trainer.evaluate().items()))
+            return
+        early = trainer.preview(s.sample_images) if hasattr(trainer, "preview") else None
+        if early is not None:  # a stage with nothing to sample yet (ldm's autoencoder): what it shows instead
+            save_grid(run_dir / f"samples_{step:06d}.png", early[0], nrow=early[1], scale=2)
+            return
+        net = build_networks(s.model, config)[sampling_network(s.model)].to(device)
+        net.load_state_dict(trainer.sampling_state())
+        meta = {"data": data_meta, "settings": {"data": s.data}}
+        if hasattr(trainer, "extra_meta"):
+            meta.update(trainer.extra_meta())
+        images, nrow = preview(GenerativeModel(s.model, net, config, meta), s.sample_images, seed=s.seed)
+        save_grid(run_dir / f"samples_{step:06d}.png", images, nrow=nrow, scale=2)
+
+    def export_stage(step: int) -> None:
+        """Progressive distillation: each finished stage's student as fp16 sampling weights of its own."""
+        steps_done = trainer.finished_stage() if hasattr(trainer, "finished_stage") else None
+        if steps_done is not None and ctx.rank == 0:
+            tensors, _ = checkpoint_tensors(trainer, with_training_state=False, half=True)
+            path = run_dir / f"{s.model}-{steps_done}.safetensors"
+            save_checkpoint(path, tensors, meta_for(step, None))
+            log(f"step {step}: the {steps_done}-step student is done; wrote {path}")
 
     if ctx.rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -369,6 +430,7 @@ def train(s: TrainSettings, log: Callable[[str], None] = print) -> dict:
                 bar.update(1)
                 if step % 10 == 0 or step == s.steps:
                     bar.set_postfix_str(_metrics_text(metrics))
+            export_stage(step)
             if step % s.save_every == 0 or step == s.steps:
                 save(step)
             if step % s.sample_every == 0 or step == s.steps:
