@@ -145,7 +145,10 @@ def forced_backend() -> str | None:
     name = getattr(_forced, "name", None)
     if name is not None:
         return name
-    env = os.environ.get("GENFAST_BACKEND", "").strip()
+    env = os.environ.get("GENFAST_BACKEND")
+    if not env:
+        return None
+    env = env.strip()
     return _check_name(env, "GENFAST_BACKEND") if env else None
 
 

@@ -62,6 +62,51 @@ def test_resume_refuses_another_model(tmp_path):
         train(s, log=lambda s: None)
 
 
+def test_non_finite_checkpoint_is_refused_for_resume_and_sampling(tmp_path, capsys):
+    """A diverged run's weights (NaN) are refused by --resume and by sample --checkpoint, one line each."""
+    from genfast.cli import main
+    from genfast.training.checkpoint import CheckpointError, save_checkpoint
+
+    summary = train(_settings(tmp_path, "vae", 1), log=lambda s: None)
+    path = Path(summary["checkpoint"])
+    tensors, meta = load_checkpoint(path)
+    name = next(k for k in tensors if k.startswith("train.") and tensors[k].is_floating_point())
+    tensors[name] = tensors[name].clone()
+    tensors[name].view(-1)[3] = float("nan")
+    meta.pop("format")
+    save_checkpoint(path, tensors, meta)
+    with pytest.raises(CheckpointError, match=f"--resume: .*non-finite.*{name}"):
+        train(_settings(tmp_path, "vae", 2, resume=True), log=lambda s: None)
+    assert main(["sample", "--model", "vae", "--checkpoint", str(path), "--n", "2", "--out",
+                 str(tmp_path / "g.png"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "non-finite" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "g.png").exists()
+
+
+def test_diverging_run_stops_and_keeps_the_last_finite_checkpoint(tmp_path, monkeypatch):
+    from genfast.training import TrainingDiverged
+    from genfast.training import loop
+
+    train(_settings(tmp_path, "vae", 1), log=lambda s: None)
+    good, _ = load_checkpoint(tmp_path / "vae" / "last.safetensors")
+    real_step = loop.VAETrainer.train_step
+
+    def poisoned(self, source):  # the step's update turns a weight NaN, as a too-high learning rate would
+        out = real_step(self, source)
+        with torch.no_grad():
+            next(self.vae.parameters()).view(-1)[0] = float("nan")
+        return out
+
+    monkeypatch.setattr(loop.VAETrainer, "train_step", poisoned)
+    with pytest.raises(TrainingDiverged, match="step 2.*keeps the last finite checkpoint"):
+        s = _settings(tmp_path, "vae", 3, resume=True)
+        s.save_every = 1
+        train(s, log=lambda s: None)
+    kept, meta = load_checkpoint(tmp_path / "vae" / "last.safetensors")
+    assert meta["step"] == 1 and all(torch.equal(good[k], kept[k]) for k in good)
+
+
 def test_export_is_fp16_sampling_weights_that_sample(tmp_path, capsys):
     from genfast.cli import main
 

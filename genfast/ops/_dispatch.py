@@ -92,9 +92,11 @@ def _tensors(args) -> list[tuple[str, torch.Tensor]]:
 
 def check_kernel_tensors(kernel: str, tensors, device: torch.device) -> None:
     """Every tensor handed to a kernel is on `device`, dense and contiguous (else ValueError naming it)."""
-    index = device.index if device.type == "cuda" else -1
+    # get_device() and is_cpu are attribute reads; t.device builds an object (host overhead per step)
+    cuda = device.type == "cuda"
+    index = device.index if cuda else -1
     for name, t in tensors:
-        if t.get_device() != index or t.device.type != device.type:
+        if t.get_device() != index or not (t.is_cuda if cuda else t.is_cpu):
             raise ValueError(f"{name}: on {t.device} but {kernel} runs on {device}")
         if not t.is_contiguous():
             raise ValueError(f"{name}: {kernel} needs a contiguous tensor, got strides {t.stride()} for shape "

@@ -17,6 +17,6 @@
   distributed.py  torchrun: process group, DDP, rank slices, gather
 """
 from genfast.training.gan import GANTrainer
-from genfast.training.loop import BatchSource, TrainingInterrupted, TrainSettings, make_trainer, train
+from genfast.training.loop import BatchSource, TrainingDiverged, TrainingInterrupted, TrainSettings, make_trainer, train
 
-__all__ = ["GANTrainer", "TrainSettings", "train", "TrainingInterrupted", "BatchSource", "make_trainer"]
+__all__ = ["GANTrainer", "TrainSettings", "train", "TrainingInterrupted", "TrainingDiverged", "BatchSource", "make_trainer"]

@@ -53,7 +53,19 @@ def load_checkpoint(path, what: str = "--checkpoint") -> tuple[dict[str, torch.T
         raise CheckpointError(f"{what}: {path} has corrupt genfast metadata") from None
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{what}: {path} has format {meta.get('format')!r}, expected {FORMAT!r}")
+    bad = first_non_finite(tensors)
+    if bad is not None:  # a diverged run's weights: sampling or resuming from them gives only NaN
+        raise CheckpointError(f"{what}: {path} holds non-finite values (NaN or inf) in {bad}; the run it comes "
+                              "from diverged -- resume from an earlier checkpoint or retrain with a lower --lr")
     return tensors, meta
+
+
+def first_non_finite(tensors: dict[str, torch.Tensor]) -> str | None:
+    """The name of the first floating-point tensor holding a NaN or an inf, or None."""
+    for name, t in tensors.items():
+        if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
+            return name
+    return None
 
 
 def prefixed(prefix: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from genfast.training import distributed as dist_util
-from genfast.training.checkpoint import (CheckpointError, flatten_optimizer, load_checkpoint, prefixed, save_checkpoint,
-                                unflatten_optimizer, unprefixed)
+from genfast.training.checkpoint import (CheckpointError, first_non_finite, flatten_optimizer, load_checkpoint,
+                                         prefixed, save_checkpoint, unflatten_optimizer, unprefixed)
 from genfast.training.data import ImageData, holdout_split, load_data, to_signed
 from genfast.training.images import save_grid
 from genfast.training.zoo import (GAN_KINDS, HOLDOUT_KINDS, TRAIN_KINDS, GenerativeModel, build_networks, default_config,
@@ -373,9 +373,18 @@ def train(s: TrainSettings, log: Callable[[str], None] = print) -> dict:
             meta["optim"] = optim_meta
         return meta
 
+    def check_finite(tensors: dict, step: int) -> None:
+        # on every rank (DDP keeps them equal), so all stop together; never overwrite the last good
+        # checkpoint with a diverged one
+        bad = first_non_finite(tensors)
+        if bad is not None:
+            raise TrainingDiverged(f"training diverged: {bad} holds NaN or inf at step {step}; {last} keeps the "
+                                   "last finite checkpoint; retrain, or resume with a lower --lr")
+
     def save(step: int) -> None:
+        tensors, optim_meta = checkpoint_tensors(trainer, with_training_state=True)
+        check_finite(tensors, step)
         if ctx.rank == 0:
-            tensors, optim_meta = checkpoint_tensors(trainer, with_training_state=True)
             save_checkpoint(last, tensors, meta_for(step, optim_meta))
 
     def write_samples(step: int) -> None:
@@ -401,6 +410,7 @@ def train(s: TrainSettings, log: Callable[[str], None] = print) -> dict:
         steps_done = trainer.finished_stage() if hasattr(trainer, "finished_stage") else None
         if steps_done is not None and ctx.rank == 0:
             tensors, _ = checkpoint_tensors(trainer, with_training_state=False, half=True)
+            check_finite(tensors, step)
             path = run_dir / f"{s.model}-{steps_done}.safetensors"
             save_checkpoint(path, tensors, meta_for(step, None))
             log(f"step {step}: the {steps_done}-step student is done; wrote {path}")
@@ -459,3 +469,7 @@ def train(s: TrainSettings, log: Callable[[str], None] = print) -> dict:
 
 class TrainingInterrupted(RuntimeError):
     pass
+
+
+class TrainingDiverged(RuntimeError):
+    """The weights became NaN or inf; the checkpoint on disk is the last finite one."""
