@@ -132,8 +132,6 @@ def run(args) -> int:
     if args.resolution is not None:
         extra["resolution"] = args.resolution
     if args.init_image is not None:
-        if args.sampler not in ("ddim", "ddpm"):
-            raise ValueError(f"--init-image: img2img runs with the ddim or ddpm sampler, not {args.sampler}")
         extra["init_images"] = _load_init_image(args.init_image, model.image_shape)
         extra["strength"] = 0.6 if args.strength is None else args.strength
     rows = dist_util.share(args.n, ctx.rank, ctx.world_size)

@@ -372,8 +372,6 @@ class GenerativeModel:
 
             if sampler not in NAMED_SAMPLERS:
                 raise ValueError(f"--sampler: expected one of ddim, ddpm, {', '.join(NAMED_SAMPLERS)}, got {sampler!r}")
-            if init_images is not None:
-                raise ValueError(f"--init-image: img2img runs with the ddim or ddpm sampler, not {sampler!r}")
             x = sample_named(sampler, self.net, z, schedule, steps=steps, **kw)
         if self.kind == "ldm":
             return self.net.decode_latents(x.float()).float()
