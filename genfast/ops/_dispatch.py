@@ -77,11 +77,13 @@ def _tensor_fields(cls) -> tuple[tuple[int, str], ...]:
     return fields
 
 
-def _tensors(args) -> list[tuple[str, torch.Tensor]]:
+def _tensors(args) -> list[tuple[str | int, torch.Tensor]]:
+    """(name, tensor) of every tensor in args: a NamedTuple's by field name, a bare one by its position
+    (formatted only for an error message: this runs on every launch)."""
     found = []
     for i, a in enumerate(args):
         if isinstance(a, torch.Tensor):
-            found.append((f"argument {i}", a))
+            found.append((i, a))
         elif isinstance(a, tuple) and hasattr(a, "_fields"):
             for j, name in _tensor_fields(type(a)):
                 v = a[j]
@@ -97,10 +99,14 @@ def check_kernel_tensors(kernel: str, tensors, device: torch.device) -> None:
     index = device.index if cuda else -1
     for name, t in tensors:
         if t.get_device() != index or not (t.is_cuda if cuda else t.is_cpu):
-            raise ValueError(f"{name}: on {t.device} but {kernel} runs on {device}")
+            raise ValueError(f"{_arg_name(name)}: on {t.device} but {kernel} runs on {device}")
         if not t.is_contiguous():
-            raise ValueError(f"{name}: {kernel} needs a contiguous tensor, got strides {t.stride()} for shape "
-                             f"{tuple(t.shape)}")
+            raise ValueError(f"{_arg_name(name)}: {kernel} needs a contiguous tensor, got strides {t.stride()} for "
+                             f"shape {tuple(t.shape)}")
+
+
+def _arg_name(name: str | int) -> str:
+    return f"argument {name}" if isinstance(name, int) else name
 
 
 class Kernel:
