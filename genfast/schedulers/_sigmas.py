@@ -109,13 +109,16 @@ class SigmaMethods:
         """After set_timesteps: the host copy of the timesteps and, per position, the index diffusers'
         value lookup returns for the value there (first occurrence, or the second for a repeated value)."""
         ts = self.timesteps
-        host = ts.detach().cpu().numpy()
-        lookup = []
-        for p in range(host.shape[0]):
-            matches = np.nonzero(host == host[p])[0]
-            lookup.append(int(matches[1] if len(matches) > 1 else matches[0]))
+        values = ts.detach().cpu().tolist()
+        first: dict = {}
+        second: dict = {}
+        for p, v in enumerate(values):  # one pass (this runs after every set_timesteps)
+            if v not in first:
+                first[v] = p
+            elif v not in second:
+                second[v] = p
         self._timesteps_seen = ts
-        self._lookup_by_position = lookup
+        self._lookup_by_position = [second.get(v, first[v]) for v in values]
 
     def _index_by_position(self, timestep):
         """The step index of an element of self.timesteps, from its storage position (no device read)."""

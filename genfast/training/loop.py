@@ -160,8 +160,10 @@ class GANKindTrainer:
         self.generator, self.critic = nets["generator"], nets["critic"]
         nz = config["generator"]["nz"]
         if kind in ("dcgan", "lsgan"):
+            r1 = float(config.get("r1_weight", 0.0))  # checkpoints from before R1 have none: train as they did
             kw = dict(lr_g=lr or 2e-4, lr_d=lr or 2e-4, betas=(0.5, 0.999), n_critic=1,
-                      loss="nonsaturating" if kind == "dcgan" else "lsgan", penalty=None)
+                      loss="nonsaturating" if kind == "dcgan" else "lsgan", penalty="r1" if r1 > 0 else None,
+                      penalty_weight=r1, penalty_impl=penalty_impl)
         else:
             kw = dict(lr_g=lr or 1e-4, lr_d=lr or 1e-4, betas=(0.0, 0.9), n_critic=5, loss="wgan",
                       penalty="two-sided", penalty_impl=penalty_impl)
