@@ -145,3 +145,29 @@ def test_sigint_checkpoints_and_resume_finishes(tmp_path):
                                   save_every=1000, sample_every=1000, sample_images=4, progress=False,
                                   device="cpu"), log=lambda s: None)
     assert summary["step"] == stopped + 3
+
+
+def test_dcgan_trains_with_the_fused_r1_penalty_and_old_configs_without(monkeypatch):
+    """New DCGAN runs regularize the discriminator with R1 through genfast's fused gradient_penalty;
+    a checkpoint config from before (no r1_weight) trains as it did, without a penalty."""
+    from genfast.training import gan, loop
+    from genfast.training.data import load_data
+    from genfast.training.zoo import default_config
+
+    calls = []
+    real_fn = gan.gradient_penalty
+
+    def spy(*args, **kw):
+        calls.append(kw.get("mode"))
+        return real_fn(*args, **kw)
+
+    monkeypatch.setattr(gan, "gradient_penalty", spy)
+    config = default_config("dcgan", 1, 16, None)
+    assert config["r1_weight"] == 1.0
+    nets = build_networks("dcgan", config)
+    trainer = loop.make_trainer("dcgan", nets, config, None, lambda m: m)
+    assert trainer.gan.penalty == "r1" and trainer.gan.penalty_weight == 1.0
+    old = {k: v for k, v in config.items() if k != "r1_weight"}
+    assert loop.make_trainer("dcgan", build_networks("dcgan", old), old, None, lambda m: m).gan.penalty is None
+    trainer.train_step(loop.BatchSource(load_data("digits", 16), 8, 0, torch.device("cpu"), 0, 1))
+    assert calls == ["r1"]
