@@ -125,3 +125,62 @@ def test_trainer_cuda_graph_matches_eager_shapes():
         out = t.critic_step(torch.randn(4, 3, 32, 32, device="cuda"))
         assert torch.isfinite(out["loss"])
     assert len(t._graphs) == 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_trainer_cuda_graph_trains_as_eager_and_its_outputs_are_not_overwritten():
+    """The capture's warm-up steps are undone (same critic weights as eager after the same steps), and a
+    step's returned loss is not the graph's static output that the next replay overwrites."""
+    def run(cuda_graph):
+        torch.manual_seed(0)
+        g = DCGANGenerator(nz=8, ngf=4, image_size=32).cuda()
+        c = WGANGPCritic(ndf=4, image_size=32).cuda()
+        t = GANTrainer(g, c, nz=8, n_critic=1, cuda_graph=cuda_graph)
+        gen = torch.Generator(device="cuda").manual_seed(1)
+        losses = [t.critic_step(torch.randn(4, 3, 32, 32, device="cuda", generator=gen))["loss"] for _ in range(4)]
+        return losses, [p.detach().clone() for p in c.parameters()]
+
+    eager_losses, eager_params = run(False)
+    graph_losses, graph_params = run(True)
+    for a, b in zip(eager_losses, graph_losses):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+    assert len({float(v) for v in graph_losses}) == len(graph_losses)  # each step kept its own loss
+    for a, b in zip(eager_params, graph_params):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("steps_before", [0, 2])
+def test_critic_state_restore_undoes_warmup_steps(steps_before):
+    """What the CUDA-graph capture relies on, on the CPU: optimizer steps taken after a snapshot are undone
+    in place (weights, BatchNorm buffers, Adam state; a fresh Adam state back to zeros), so the next step
+    equals the one an uninterrupted run takes."""
+    from genfast.models import DCGANDiscriminator
+
+    def trainer():
+        torch.manual_seed(0)
+        g = DCGANGenerator(nz=8, ngf=4, image_size=16)
+        c = DCGANDiscriminator(ndf=4, image_size=16)
+        return GANTrainer(g, c, nz=8, n_critic=1, loss="nonsaturating", penalty=None)
+
+    batches = [torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(i)) for i in range(6)]
+    a, b = trainer(), trainer()
+    for i, x in enumerate(batches[:steps_before]):  # the same fakes for both: reseed before each step
+        torch.manual_seed(10 + i)
+        a.critic_step(x)
+        torch.manual_seed(10 + i)
+        b.critic_step(x)
+    saved = b._critic_state()
+    addresses = [p.data_ptr() for p in b.critic.parameters()]
+    for x in batches[3:6]:  # the "warm-up": steps that must leave no trace
+        b.critic_step(x)
+    b._restore_critic_state(saved)
+    assert addresses == [p.data_ptr() for p in b.critic.parameters()]
+    torch.manual_seed(5)
+    la = a.critic_step(batches[2])["loss"]
+    torch.manual_seed(5)
+    lb = b.critic_step(batches[2])["loss"]
+    assert torch.equal(la, lb)
+    for p, q in zip(a.critic.parameters(), b.critic.parameters()):
+        assert torch.equal(p, q)
+    for p, q in zip(a.critic.buffers(), b.critic.buffers()):
+        assert torch.equal(p, q)

@@ -121,6 +121,31 @@ class GANTrainer:
     # ---------------------------------------------------------------------------------------------
     # CUDA graph path (correct by construction; exercised only on a GPU)
     # ---------------------------------------------------------------------------------------------
+    def _critic_state(self):
+        """Copies of the critic's parameters, buffers and Adam state (empty before the first step)."""
+        params = [p.detach().clone() for p in self.critic.parameters()]
+        buffers = [b.detach().clone() for b in self.critic.buffers()]
+        adam = [{k: v.clone() if torch.is_tensor(v) else v for k, v in self.opt_d.state.get(p, {}).items()}
+                for p in self.critic.parameters()]
+        return params, buffers, adam
+
+    @torch.no_grad()
+    def _restore_critic_state(self, saved) -> None:
+        params, buffers, adam = saved
+        for p, v in zip(self.critic.parameters(), params):
+            p.copy_(v)
+        for b, v in zip(self.critic.buffers(), buffers):
+            b.copy_(v)
+        for p, before in zip(self.critic.parameters(), adam):
+            state = self.opt_d.state.get(p, {})
+            for k, v in state.items():
+                if not torch.is_tensor(v):
+                    state[k] = before.get(k, 0)
+                elif k in before:
+                    v.copy_(before[k])
+                else:  # Adam's state did not exist yet: a fresh one is all zeros (step 0 included)
+                    v.zero_()
+
     def _graph_body(self, with_penalty: bool) -> dict:
         s = self._static
         for p in self.critic.parameters():  # .grad exists (warm-up) and is static: zero it inside the graph
@@ -144,11 +169,14 @@ class GANTrainer:
             self._capture(with_penalty)
         graph, outputs = self._graphs[with_penalty]
         graph.replay()
-        return dict(outputs)
+        # the next replay overwrites the graph's output tensors: hand out copies
+        return {k: None if v is None else v.clone() for k, v in outputs.items()}
 
     def _capture(self, with_penalty: bool) -> None:
-        # Warm-up on a side stream (allocates .grad, Adam state and genfast's counters outside the graph);
-        # the warm-up steps are real optimizer steps, as in PyTorch's whole-network capture recipe.
+        # Warm-up on a side stream (allocates .grad, Adam state and genfast's counters outside the graph).
+        # Its optimizer steps are undone afterwards (weights, buffers and Adam state restored in place, at
+        # the addresses the graph captures), so graph training takes the same steps as eager training.
+        saved = self._critic_state()
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
@@ -161,6 +189,7 @@ class GANTrainer:
                         p.grad = torch.zeros_like(p)
                 self.opt_d.step()
         torch.cuda.current_stream().wait_stream(side)
+        self._restore_critic_state(saved)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._pool):
             outputs = self._graph_body(with_penalty)
