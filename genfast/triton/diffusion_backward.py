@@ -14,7 +14,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from genfast.triton.common import cast_rne
+from genfast.triton.common import cast_rne, load_tile, store_tile
 from genfast.triton.diffusion import _alpha_mode, _load_alpha, _sample_of, _sqrt
 from genfast.triton.random import STREAM_WORDS, normal4, stream_key, stream_kwargs
 
@@ -31,34 +31,36 @@ def _diffusion_step_backward_kernel(
     SEED_FROM_PTR: tl.constexpr, OFFSET_FROM_PTR: tl.constexpr, CPR: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
     VEC: tl.constexpr = 4 * CPR
+    BLOCK: tl.constexpr = BLOCK_R * VEC
     pid = tl.program_id(0).to(tl.int64)
     row = pid * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
     col = tl.arange(0, VEC)
     idx = row[:, None] * VEC + col[None, :]
     mask = idx < n
+    full = pid * BLOCK + BLOCK <= n  # every program but the last: unmasked, 16-byte accesses for any n
     PER_SAMPLE: tl.constexpr = AT_MODE == 2 or AP_MODE == 2 or LEARNED
     if PER_SAMPLE:  # idx // inner without a division per element (one per program)
         b = _sample_of(idx, pid * BLOCK_R * VEC, inner, 1.0 / inner.to(tl.float32))
     else:
         b = 0
 
-    x = tl.load(sample_ptr + idx, mask=mask, other=0.0).to(tl.float32)
-    gp = tl.load(gp_ptr + idx, mask=mask, other=0.0).to(tl.float32)
+    x = load_tile(sample_ptr + idx, mask, full, 0.0).to(tl.float32)
+    gp = load_tile(gp_ptr + idx, mask, full, 0.0).to(tl.float32)
     if HAS_GX0:
-        gx0 = tl.load(gx0_ptr + idx, mask=mask, other=0.0).to(tl.float32)
+        gx0 = load_tile(gx0_ptr + idx, mask, full, 0.0).to(tl.float32)
     else:
         gx0 = 0.0
     if LEARNED:
         midx = idx + b * inner  # b * 2 * inner + (idx - b * inner)
     else:
         midx = idx
-    m = tl.load(model_ptr + midx, mask=mask, other=0.0).to(tl.float32)
+    m = load_tile(model_ptr + midx, mask, full, 0.0).to(tl.float32)
     if GUIDANCE:
-        c = tl.load(cond_ptr + midx, mask=mask, other=0.0).to(tl.float32)
+        c = load_tile(cond_ptr + midx, mask, full, 0.0).to(tl.float32)
         m = m + guidance_scale * (c - m)
 
-    a_t = _load_alpha(alpha_t, at_ptr, b, mask, False, AT_MODE)
-    a_p = _load_alpha(alpha_prev, ap_ptr, b, mask, False, AP_MODE)
+    a_t = _load_alpha(alpha_t, at_ptr, b, mask, full, AT_MODE)
+    a_p = _load_alpha(alpha_prev, ap_ptr, b, mask, full, AP_MODE)
     beta_t = 1.0 - a_t
     sa = _sqrt(a_t)
     sb = _sqrt(beta_t)
@@ -116,12 +118,12 @@ def _diffusion_step_backward_kernel(
                 std = _sqrt(cur_beta) * noise_mask
             else:
                 if GUIDANCE:
-                    v = tl.load(cond_ptr + midx + inner, mask=mask, other=1.0).to(tl.float32)
+                    v = load_tile(cond_ptr + midx + inner, mask, full, 1.0).to(tl.float32)
                 else:
-                    v = tl.load(model_ptr + midx + inner, mask=mask, other=1.0).to(tl.float32)
+                    v = load_tile(model_ptr + midx + inner, mask, full, 1.0).to(tl.float32)
                 if NEED_Z:
                     if NOISE_SRC == 1:
-                        z = tl.load(noise_ptr + idx, mask=mask, other=0.0).to(tl.float32)
+                        z = load_tile(noise_ptr + idx, mask, full, 0.0).to(tl.float32)
                     else:
                         k0, k1, c2, c3 = stream_key(seed_lo, seed_hi, offset_lo, offset_hi, seed_ptr, offset_ptr,
                                                     SEED_FROM_PTR, OFFSET_FROM_PTR)
@@ -162,21 +164,21 @@ def _diffusion_step_backward_kernel(
         g_m = g_m - g_x0 * sb
 
     if WANT_X:
-        tl.store(gx_ptr + idx, cast_rne(g_x, gx_ptr.dtype.element_ty), mask=mask)
+        store_tile(gx_ptr + idx, cast_rne(g_x, gx_ptr.dtype.element_ty), mask, full)
     if WANT_Z:
-        tl.store(gz_ptr + idx, cast_rne(g_z, gz_ptr.dtype.element_ty), mask=mask)
+        store_tile(gz_ptr + idx, cast_rne(g_z, gz_ptr.dtype.element_ty), mask, full)
     if WANT_M:
         dt = gm_ptr.dtype.element_ty
         if GUIDANCE:  # d m / d uncond = 1 - w, d m / d cond = w
-            tl.store(gm_ptr + midx, cast_rne((1.0 - guidance_scale) * g_m, dt), mask=mask)
-            tl.store(gc_ptr + midx, cast_rne(guidance_scale * g_m, dt), mask=mask)
+            store_tile(gm_ptr + midx, cast_rne((1.0 - guidance_scale) * g_m, dt), mask, full)
+            store_tile(gc_ptr + midx, cast_rne(guidance_scale * g_m, dt), mask, full)
             if LEARNED:  # the variance channels come from cond
-                tl.store(gm_ptr + midx + inner, cast_rne(tl.zeros((BLOCK_R, VEC), dtype=tl.float32), dt), mask=mask)
-                tl.store(gc_ptr + midx + inner, cast_rne(g_v, dt), mask=mask)
+                store_tile(gm_ptr + midx + inner, cast_rne(tl.zeros((BLOCK_R, VEC), dtype=tl.float32), dt), mask, full)
+                store_tile(gc_ptr + midx + inner, cast_rne(g_v, dt), mask, full)
         else:
-            tl.store(gm_ptr + midx, cast_rne(g_m, dt), mask=mask)
+            store_tile(gm_ptr + midx, cast_rne(g_m, dt), mask, full)
             if LEARNED:
-                tl.store(gm_ptr + midx + inner, cast_rne(g_v, dt), mask=mask)
+                store_tile(gm_ptr + midx + inner, cast_rne(g_v, dt), mask, full)
 
 
 def diffusion_step_backward_triton(a, grad_prev, grad_x0, g_sample, g_model, g_cond, g_noise):
