@@ -5,6 +5,7 @@
 // loop templated on what changes the per-element arithmetic evaluates kernels/sampler_steps.cuh.
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 
 #include "philox.cuh"
 #include "sampler_steps.h"
@@ -15,6 +16,7 @@ namespace {
 
 constexpr int64_t kChunk = 2048;  // multiple of 4: chunk starts are Philox-counter aligned
 constexpr int64_t kGrain = 32768;
+alignas(64) const float kZeros[kChunk] = {};  // the noise of a step without noise (z = 0, as before)
 
 float load_any_dtype(uintptr_t base, int dtype, int64_t i) {
   switch (dtype) {
@@ -36,16 +38,19 @@ inline void store_f32(T* dst, const float* src, int64_t len) {
 }
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define GF_SAMPLER_CLONES __attribute__((target_clones("avx2", "default")))
+#define GF_SAMPLER_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define GF_SAMPLER_CLONES
 #endif
 
-// One run of elements sharing a batch sample (hence one thresholding scale); an AVX2 clone where the CPU
-// has it (the build targets baseline x86-64).
+// One run of elements sharing a batch sample (hence one thresholding scale); AVX-512 and AVX2 clones where
+// the CPU has them (the build targets baseline x86-64; -ffp-contract=off keeps every clone's bits equal).
+// The pointers never alias: outputs are fresh tensors or this chunk's buffers.
 template <int History, bool Thresholding>
-GF_SAMPLER_CLONES void sampler_run(const SamplerStepParams& p, const float* x, const float* m, const float* h1, const float* h2,
-                 const float* z, float s, float* prev, float* conv, int64_t len) {
+GF_SAMPLER_CLONES void sampler_run(const SamplerStepParams& p, const float* __restrict__ x, const float* __restrict__ m,
+                                   const float* __restrict__ h1, const float* __restrict__ h2,
+                                   const float* __restrict__ z, float s, float* __restrict__ prev,
+                                   float* __restrict__ conv, int64_t len) {
   SamplerStepParams q = p;
   q.history = History;
   for (int64_t j = 0; j < len; ++j) {
@@ -86,18 +91,35 @@ void run(const SamplerStepParams& p) {
 // than it saves, and on a busy machine a spinning worker can stall the step for a whole time slice.
 #pragma omp parallel for schedule(static) if (n > 2 * kGrain)
   for (int64_t ci = 0; ci < chunks; ++ci) {
-    alignas(64) float xs[kChunk], ms[kChunk], h1s[kChunk], h2s[kChunk], zs[kChunk], ps[kChunk], cs[kChunk];
+    // fp32 data are read and written in place; other dtypes go through fp32 buffers of one chunk
+    constexpr bool f32 = std::is_same<T, float>::value;
+    alignas(64) float xs[f32 ? 1 : kChunk], h1s[f32 ? 1 : kChunk], h2s[f32 ? 1 : kChunk], ps[f32 ? 1 : kChunk];
+    alignas(64) float ms[kChunk], zs[kChunk], cs[kChunk];
     const int64_t start = ci * kChunk;
     const int64_t len = n - start < kChunk ? n - start : kChunk;
-    load_f32(sample + start, xs, len);
-    if (p.history >= 1) load_f32(hist1 + start, h1s, len);
-    if (p.history >= 2) load_f32(hist2 + start, h2s, len);
+    const float *xp, *h1p = h1s, *h2p = h2s;
+    float* pp;
+    if constexpr (f32) {
+      xp = sample + start;
+      if (p.history >= 1) h1p = hist1 + start;
+      if (p.history >= 2) h2p = hist2 + start;
+      pp = reinterpret_cast<float*>(p.out) + start;
+    } else {
+      load_f32(sample + start, xs, len);
+      if (p.history >= 1) load_f32(hist1 + start, h1s, len);
+      if (p.history >= 2) load_f32(hist2 + start, h2s, len);
+      xp = xs;
+      pp = ps;
+    }
+    // conv straight into an fp32 out_aux; else a buffer (converted below, or dropped when not wanted)
+    float* cp = p.out_aux != 0 && p.aux_dtype == kFloat32 ? reinterpret_cast<float*>(p.out_aux) + start : cs;
+    const float* zp = zs;
     if (!with_noise) {
-      std::memset(zs, 0, sizeof(float) * len);
+      zp = kZeros;
     } else if (p.noise_src == kSamplerNoiseStream) {
       stream_normals_cpu(seed, offset, start, len, zs);
     } else if (p.noise_dtype == kFloat32) {
-      std::memcpy(zs, reinterpret_cast<const float*>(p.noise) + start, len * sizeof(float));
+      zp = reinterpret_cast<const float*>(p.noise) + start;
     } else {
       for (int64_t j = 0; j < len; ++j) zs[j] = load_any_dtype(p.noise, p.noise_dtype, start + j);
     }
@@ -106,31 +128,30 @@ void run(const SamplerStepParams& p) {
       const int64_t run_end = (b + 1) * inner < start + len ? (b + 1) * inner : start + len;
       const int64_t rl = run_end - i, o = i - start;
       const int64_t midx = b * mstride + (i - b * inner);
-      load_f32(model + midx, ms + o, rl);
+      const float* mp = ms + o;
       if (p.guidance) {
         const float w = p.guidance_scale;
         for (int64_t j = 0; j < rl; ++j) {
-          const float u = ms[o + j];
+          const float u = Convert<T>::load(model + midx + j);
           ms[o + j] = u + w * (Convert<T>::load(cond + midx + j) - u);
         }
+      } else if constexpr (f32) {
+        mp = model + midx;
+      } else {
+        load_f32(model + midx, ms + o, rl);
       }
       if (p.mode_abs_x0) {
         float* out = reinterpret_cast<float*>(p.out) + i;
-        for (int64_t j = 0; j < rl; ++j) out[j] = std::fabs(sampler_x0(p, xs[o + j], ms[o + j], zs[o + j]));
+        for (int64_t j = 0; j < rl; ++j) out[j] = std::fabs(sampler_x0(p, xp[o + j], mp[j], zp[o + j]));
       } else {
         const float s = thresholding ? sampler_threshold_scale(lo_ptr[b], hi_ptr[b], p.thresh_weight, p.thresh_max) : 1.0f;
-        step(p, xs + o, ms + o, h1s + o, h2s + o, zs + o, s, ps + o, cs + o, rl);
+        step(p, xp + o, mp, h1p + o, h2p + o, zp + o, s, pp + o, cp + o, rl);
       }
       i = run_end;
     }
     if (p.mode_abs_x0) continue;
-    store_f32(reinterpret_cast<T*>(p.out) + start, ps, len);
-    if (p.out_aux == 0) continue;
-    if (p.aux_dtype == kFloat32) {
-      std::memcpy(reinterpret_cast<float*>(p.out_aux) + start, cs, len * sizeof(float));
-    } else {
-      store_f32(reinterpret_cast<T*>(p.out_aux) + start, cs, len);
-    }
+    if constexpr (!f32) store_f32(reinterpret_cast<T*>(p.out) + start, ps, len);
+    if (p.out_aux != 0 && p.aux_dtype != kFloat32) store_f32(reinterpret_cast<T*>(p.out_aux) + start, cs, len);
   }
 }
 
