@@ -4,7 +4,6 @@
 // stream only where the gradient needs its values (learned variance types), then each run of elements
 // of one batch sample goes through the elementwise backward with that sample's coefficients
 // (kernels/diffusion_backward.cuh) and its model/cond gradients are written in model_output's layout.
-#include <cstring>
 
 #include "diffusion_backward.h"
 #include "stream_cpu.h"
@@ -13,6 +12,7 @@ namespace genfast {
 namespace {
 
 constexpr int64_t kChunk = 2048;  // multiple of 4: chunk starts are Philox-counter aligned
+alignas(64) const float kZeros[kChunk] = {};  // inputs that are zero (no grad_x0, no noise values, no v)
 
 float load_scalar(uintptr_t base, int dtype, int64_t i) {
   switch (dtype) {
@@ -39,17 +39,29 @@ inline void fill_zeros(T* dst, int64_t len) {
   for (int64_t j = 0; j < len; ++j) Convert<T>::store(dst + j, 0.0f);
 }
 
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define GF_BACKWARD_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define GF_BACKWARD_CLONES
+#endif
+
 // The inner loop over one run of elements sharing a sample's coefficients, templated on what decides
-// the per-element arithmetic (as the forward's step_run).
+// the per-element arithmetic (as the forward's step_run). Local copies of the parameters and
+// coefficients and non-aliasing pointers let the compiler hoist the per-sample constants (the divides
+// of coefficients) out of the loop, unswitch the runtime options and vectorize it; AVX-512 and AVX2
+// clones where the CPU has them (-ffp-contract=off: every clone gives the same bits).
 template <int Kind, int Pred>
-void backward_run(const StepParams& p, const StepCoeffs& c, const float* x, const float* m, const float* v,
-                  const float* z, bool with_noise, const float* gp, const float* gx0, float* gx, float* gm, float* gv,
-                  float* gz, int64_t len) {
+GF_BACKWARD_CLONES void backward_run(const StepParams& p, const StepCoeffs& c, const float* __restrict__ x,
+                                     const float* __restrict__ m, const float* __restrict__ v,
+                                     const float* __restrict__ z, bool with_noise, const float* __restrict__ gp,
+                                     const float* __restrict__ gx0, float* __restrict__ gx, float* __restrict__ gm,
+                                     float* __restrict__ gv, float* __restrict__ gz, int64_t len) {
   StepParams q = p;
   q.kind = Kind;
   q.prediction_type = Pred;
+  const StepCoeffs cc = c;
   for (int64_t j = 0; j < len; ++j) {
-    const StepElementGrads g = step_element_backward(q, c, x[j], m[j], v[j], z[j], with_noise, gp[j], gx0[j]);
+    const StepElementGrads g = step_element_backward(q, cc, x[j], m[j], v[j], z[j], with_noise, gp[j], gx0[j]);
     gx[j] = g.x;
     gm[j] = g.m;
     gv[j] = g.v;
@@ -106,19 +118,19 @@ void run_backward(const StepBackwardParams& q) {
     const int64_t len = n - start < kChunk ? n - start : kChunk;
     to_floats(sample + start, xs, len);
     to_floats(grad_prev + start, gps, len);
+    const float* gx0p = kZeros;
     if (grad_x0) {
       to_floats(grad_x0 + start, gx0s, len);
-    } else {
-      std::memset(gx0s, 0, len * sizeof(float));
+      gx0p = gx0s;
     }
+    const float* zp = kZeros;
     if (need_z) {
       if (p.noise_src == kSrcStream) {
         stream_normals_cpu(seed, offset, start, len, zs);
       } else {
         for (int64_t j = 0; j < len; ++j) zs[j] = load_scalar(p.noise, p.noise_dtype, start + j);
       }
-    } else {
-      std::memset(zs, 0, len * sizeof(float));
+      zp = zs;
     }
     for (int64_t i = start; i < start + len;) {
       const int64_t b = i / inner;
@@ -132,15 +144,15 @@ void run_backward(const StepBackwardParams& q) {
           ms[o + j] = u + w * (Convert<T>::load(cond + midx + j) - u);
         }
       }
+      const float* vp = kZeros;
       if (learned) {
         to_floats((p.guidance ? cond : model) + midx + inner, vs + o, rl);
-      } else {
-        std::memset(vs + o, 0, rl * sizeof(float));
+        vp = vs + o;
       }
       const StepCoeffs c = per_sample ? step_coeffs(p.kind, p.variance_type, p.noise_mode, p.eta, alpha_of(b, true),
                                                     alpha_of(b, false))
                                       : base;
-      backward(p, c, xs + o, ms + o, vs + o, zs + o, with_noise, gps + o, gx0s + o, gxs + o, gms + o, gvs + o, gzs + o,
+      backward(p, c, xs + o, ms + o, vp, zp + o, with_noise, gps + o, gx0p + o, gxs + o, gms + o, gvs + o, gzs + o,
                rl);
       // d m / d uncond = 1 - w, d m / d cond = w; the variance channels (learned) belong to cond under guidance
       if (grad_model) {
