@@ -40,7 +40,7 @@ import torch
 
 from genfast import _ext
 from genfast.ops import _checks
-from genfast.ops._dispatch import Kernel, custom_op, pick_backend
+from genfast.ops._dispatch import Kernel, custom_op, eager_function, eager_ok, pick_backend
 from genfast.ops._stream import Stream, resolve_stream
 from genfast.ops.random import reference_normal
 
@@ -316,6 +316,7 @@ def _backward(ctx, grad_z, grad_rows, grad_cols):
 
 
 vae_forward_op.register_autograd(_backward, setup_context=_setup_context)
+_VaeFunction = eager_function(vae_forward_op, _setup_context, _backward, "_VaeFunction")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -348,8 +349,16 @@ def _run(mu, logvar, noise, seed, offset, with_kl: bool, col_sums: bool, lo, hi)
     else:
         stream = resolve_stream(seed, offset, mu.device)
     backend = pick_backend("vae", mu, "mu")
-    return vae_forward_op(*VaeArgs(mu, logvar, noise, stream.seed, stream.offset, stream.seed_tensor,
-                                   stream.offset_tensor, with_kl, col_sums, lo, hi, backend))
+    args = VaeArgs(mu, logvar, noise, stream.seed, stream.offset, stream.seed_tensor, stream.offset_tensor, with_kl,
+                   col_sums, lo, hi, backend)
+    # eager calls skip the dispatcher (no gradient needed) or torch's custom-op autograd wrapper (one
+    # needed); tracing, compiling, modes and torch.func go through the registered op
+    tensors = (mu, logvar, noise, stream.seed_tensor, stream.offset_tensor)
+    if not torch._C._are_functorch_transforms_active() and eager_ok(*tensors):
+        if torch.is_grad_enabled() and torch._C._any_requires_grad(*tensors):
+            return _VaeFunction.apply(*args)
+        return _forward_impl(args)
+    return vae_forward_op(*args)
 
 
 def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, *, noise: torch.Tensor | None = None, seed=None,
