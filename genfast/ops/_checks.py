@@ -46,6 +46,9 @@ def like(t: torch.Tensor, ref: torch.Tensor, name: str, ref_name: str, *, shape:
 
 
 def is_real(v) -> bool:
+    t = type(v)
+    if t is float or t is int:  # the common case first: isinstance against numbers.Real is an ABC check
+        return True
     return isinstance(v, numbers.Real) and not isinstance(v, bool) and not _is_numpy_bool(v)
 
 
@@ -69,6 +72,8 @@ def real(v, name: str, *, finite: bool = True, allow_none: bool = False, allow_n
 
 def integer(v, name: str) -> int:
     """A Python int from an int or NumPy integer (not a bool)."""
+    if type(v) is int:  # the common case first (bool is a subclass, not the same type)
+        return v
     if isinstance(v, bool) or _is_numpy_bool(v) or not isinstance(v, numbers.Integral):
         raise TypeError(f"{name}: expected an integer, got {_type_name(v)}")
     return int(v)

@@ -472,7 +472,7 @@ _CONSTANT_BOUNDS: dict = {}
 def _constant_bounds(a: SamplerStepArgs):
     """sample_max_value <= 1: torch.clamp(q, min=1, max=v) is v whatever the quantile q, so the scale is a
     constant (v = 1: plain clipping of x0 to [-1, 1]) and no quantile pass is needed. Cached per batch."""
-    key = (a.sample.shape[0], str(a.sample.device), a.threshold_max)
+    key = (a.sample.shape[0], a.sample.get_device(), a.sample.is_cuda, a.threshold_max)  # no device object per step
     bounds = _CONSTANT_BOUNDS.get(key)
     if bounds is None:
         if a.sample.is_cuda and torch.cuda.is_current_stream_capturing():
