@@ -176,6 +176,32 @@ def pick_backend(op: str, t: torch.Tensor, name: str) -> str:
     return _backend.select_backend(op, t.device, t.dtype)
 
 
+_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_DEFAULT_CACHE: dict[tuple[str, str], str] = {}
+_FORCED_CHECKED: set = set()
+
+
+def pick_backend_cached(op: str, t: torch.Tensor, name: str) -> str:
+    """pick_backend for a per-step hot path (sampling steps): the default per (op, device type) and a
+    forced backend's availability do not change within a process, so they are remembered; the checks and
+    errors are pick_backend's own, on the first call of each kind."""
+    if t.dtype not in _KERNEL_DTYPES:
+        return pick_backend(op, t, name)
+    forced = _backend.forced_backend()
+    device_type = t.device.type
+    if forced is None:
+        backend = _DEFAULT_CACHE.get((op, device_type))
+        if backend is None:
+            backend = _DEFAULT_CACHE[(op, device_type)] = pick_backend(op, t, name)
+        return backend
+    key = (op, forced, device_type)
+    if key in _FORCED_CHECKED:
+        return forced
+    backend = pick_backend(op, t, name)
+    _FORCED_CHECKED.add(key)
+    return backend
+
+
 # ---------------------------------------------------------------------------------------------
 # Custom-op schemas from NamedTuples.
 # ---------------------------------------------------------------------------------------------

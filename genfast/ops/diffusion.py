@@ -66,9 +66,9 @@ from typing import NamedTuple, Optional, Sequence
 
 import torch
 
-from genfast import _backend, _ext
+from genfast import _ext
 from genfast.ops import _checks
-from genfast.ops._dispatch import COMPILED, Kernel, custom_op, eager_ok, pick_backend
+from genfast.ops._dispatch import COMPILED, Kernel, custom_op, eager_ok, pick_backend_cached
 from genfast.ops._stream import Stream, resolve_stream
 from genfast.ops.random import reference_normal
 
@@ -854,30 +854,6 @@ def _check_float(value, name: str, allow_none: bool = False):
     return _checks.real(value, name, allow_none=allow_none)
 
 
-_DEFAULT_BACKEND: dict[str, str] = {}
-_CHECKED: set = set()
-
-
-def _select_backend(sample: torch.Tensor) -> str:
-    # Eager fast path: the default per device type and a forced backend's availability do not change
-    # within a process, so they are cached (launch overhead dominates small steps); the checks and
-    # errors are pick_backend's own.
-    if sample.dtype not in _COMPILED_DTYPES:
-        return pick_backend("diffusion_step", sample, "sample")
-    forced = _backend.forced_backend()
-    key = (forced, sample.device.type)
-    if forced is None:
-        name = _DEFAULT_BACKEND.get(sample.device.type)
-        if name is None:
-            name = _DEFAULT_BACKEND[sample.device.type] = pick_backend("diffusion_step", sample, "sample")
-        return name
-    if key in _CHECKED:
-        return forced
-    name = pick_backend("diffusion_step", sample, "sample")
-    _CHECKED.add(key)
-    return name
-
-
 def _prepare(kind, sample, model_output, alpha_prod_t, alpha_prod_t_prev, eta, prediction_type, clip_sample_range,
              thresholding, use_clipped_model_output, guidance_scale, noise, seed, offset, return_pred_original,
              variance_type, add_noise):
@@ -1007,7 +983,7 @@ def _prepare(kind, sample, model_output, alpha_prod_t, alpha_prod_t_prev, eta, p
 
     if sample.dtype not in _ext.DTYPE_CODES:
         raise TypeError(f"sample: unsupported dtype {sample.dtype} (float32, float16, bfloat16, float64)")
-    backend = _select_backend(sample)
+    backend = pick_backend_cached("diffusion_step", sample, "sample")
     if not sample.is_contiguous():
         sample = sample.contiguous()
     if not model.is_contiguous():

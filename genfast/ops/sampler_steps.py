@@ -39,9 +39,9 @@ from typing import NamedTuple, Optional, Sequence
 
 import torch
 
-from genfast import _backend, _ext
+from genfast import _ext
 from genfast.ops import _checks
-from genfast.ops._dispatch import COMPILED, Kernel, custom_op, eager_ok, pick_backend
+from genfast.ops._dispatch import COMPILED, Kernel, custom_op, eager_ok, pick_backend_cached
 from genfast.ops._stream import Stream, resolve_stream
 from genfast.ops.random import reference_normal
 
@@ -520,29 +520,6 @@ sampler_step_op = custom_op("genfast::sampler_step", SamplerStepArgs, "(Tensor, 
 # ---------------------------------------------------------------------------------------------
 # Public functions.
 # ---------------------------------------------------------------------------------------------
-_DEFAULT_BACKEND: dict[str, str] = {}
-_CHECKED: set = set()
-
-
-def _select_backend(sample: torch.Tensor) -> str:
-    # cached like ops.diffusion's: the default per device type and a forced backend's availability do not
-    # change within a process (launch overhead dominates small steps); checks and errors are pick_backend's
-    if sample.dtype not in _COMPILED_DTYPES:
-        return pick_backend(OP, sample, "sample")
-    forced = _backend.forced_backend()
-    if forced is None:
-        name = _DEFAULT_BACKEND.get(sample.device.type)
-        if name is None:
-            name = _DEFAULT_BACKEND[sample.device.type] = pick_backend(OP, sample, "sample")
-        return name
-    key = (forced, sample.device.type)
-    if key in _CHECKED:
-        return forced
-    name = pick_backend(OP, sample, "sample")
-    _CHECKED.add(key)
-    return name
-
-
 _VALID_COEFFICIENTS: set = set()  # checked once each (a loop reuses the same few per step index)
 
 
@@ -629,7 +606,7 @@ def sampler_step(sample: torch.Tensor, model_output, coefficients: StepCoefficie
             src, seed_i, offset_i, seed_t, offset_t = NOISE_STREAM, st.seed, st.offset, st.seed_tensor, st.offset_tensor
     else:
         noise = None
-    backend = _select_backend(sample)
+    backend = pick_backend_cached(OP, sample, "sample")
     if not sample.is_contiguous():
         sample = sample.contiguous()
     if not model.is_contiguous():
