@@ -14,20 +14,6 @@ namespace {
 constexpr int64_t kChunk = 2048;  // multiple of 4: chunk starts are Philox-counter aligned
 alignas(64) const float kZeros[kChunk] = {};  // inputs that are zero (no grad_x0, no noise values, no v)
 
-float load_scalar(uintptr_t base, int dtype, int64_t i) {
-  switch (dtype) {
-    case kFloat32: return reinterpret_cast<const float*>(base)[i];
-    case kFloat16: return half_bits_to_float(reinterpret_cast<const uint16_t*>(base)[i]);
-    case kBFloat16: return bf16_bits_to_float(reinterpret_cast<const uint16_t*>(base)[i]);
-    default: return static_cast<float>(reinterpret_cast<const double*>(base)[i]);
-  }
-}
-
-template <typename T>
-inline void to_floats(const T* src, float* dst, int64_t len) {
-  for (int64_t j = 0; j < len; ++j) dst[j] = Convert<T>::load(src + j);
-}
-
 // dst[j] = scale * src[j] (scale 1 is exact)
 template <typename T>
 inline void from_floats(T* dst, const float* src, float scale, int64_t len) {
@@ -116,11 +102,11 @@ void run_backward(const StepBackwardParams& q) {
     alignas(64) float gxs[kChunk], gms[kChunk], gvs[kChunk], gzs[kChunk];
     const int64_t start = ci * kChunk;
     const int64_t len = n - start < kChunk ? n - start : kChunk;
-    to_floats(sample + start, xs, len);
-    to_floats(grad_prev + start, gps, len);
+    to_float_array(sample + start, xs, len);
+    to_float_array(grad_prev + start, gps, len);
     const float* gx0p = kZeros;
     if (grad_x0) {
-      to_floats(grad_x0 + start, gx0s, len);
+      to_float_array(grad_x0 + start, gx0s, len);
       gx0p = gx0s;
     }
     const float* zp = kZeros;
@@ -128,7 +114,7 @@ void run_backward(const StepBackwardParams& q) {
       if (p.noise_src == kSrcStream) {
         stream_normals_cpu(seed, offset, start, len, zs);
       } else {
-        for (int64_t j = 0; j < len; ++j) zs[j] = load_scalar(p.noise, p.noise_dtype, start + j);
+        for (int64_t j = 0; j < len; ++j) zs[j] = load_as_float(p.noise, p.noise_dtype, start + j);
       }
       zp = zs;
     }
@@ -137,7 +123,7 @@ void run_backward(const StepBackwardParams& q) {
       const int64_t run_end = (b + 1) * inner < start + len ? (b + 1) * inner : start + len;
       const int64_t rl = run_end - i, o = i - start;
       const int64_t midx = learned ? b * 2 * inner + (i - b * inner) : i;  // learned: 2C channels per sample
-      to_floats(model + midx, ms + o, rl);
+      to_float_array(model + midx, ms + o, rl);
       if (p.guidance) {
         for (int64_t j = 0; j < rl; ++j) {
           const float u = ms[o + j];
@@ -146,7 +132,7 @@ void run_backward(const StepBackwardParams& q) {
       }
       const float* vp = kZeros;
       if (learned) {
-        to_floats((p.guidance ? cond : model) + midx + inner, vs + o, rl);
+        to_float_array((p.guidance ? cond : model) + midx + inner, vs + o, rl);
         vp = vs + o;
       }
       const StepCoeffs c = per_sample ? step_coeffs(p.kind, p.variance_type, p.noise_mode, p.eta, alpha_of(b, true),

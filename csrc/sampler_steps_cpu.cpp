@@ -18,25 +18,6 @@ constexpr int64_t kChunk = 2048;  // multiple of 4: chunk starts are Philox-coun
 constexpr int64_t kGrain = 32768;
 alignas(64) const float kZeros[kChunk] = {};  // the noise of a step without noise (z = 0, as before)
 
-float load_any_dtype(uintptr_t base, int dtype, int64_t i) {
-  switch (dtype) {
-    case kFloat32: return reinterpret_cast<const float*>(base)[i];
-    case kFloat16: return half_bits_to_float(reinterpret_cast<const uint16_t*>(base)[i]);
-    case kBFloat16: return bf16_bits_to_float(reinterpret_cast<const uint16_t*>(base)[i]);
-    default: return static_cast<float>(reinterpret_cast<const double*>(base)[i]);
-  }
-}
-
-template <typename T>
-inline void load_f32(const T* src, float* dst, int64_t len) {
-  for (int64_t j = 0; j < len; ++j) dst[j] = Convert<T>::load(src + j);
-}
-
-template <typename T>
-inline void store_f32(T* dst, const float* src, int64_t len) {
-  for (int64_t j = 0; j < len; ++j) Convert<T>::store(dst + j, src[j]);
-}
-
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #define GF_SAMPLER_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
@@ -105,9 +86,9 @@ void run(const SamplerStepParams& p) {
       if (p.history >= 2) h2p = hist2 + start;
       pp = reinterpret_cast<float*>(p.out) + start;
     } else {
-      load_f32(sample + start, xs, len);
-      if (p.history >= 1) load_f32(hist1 + start, h1s, len);
-      if (p.history >= 2) load_f32(hist2 + start, h2s, len);
+      to_float_array(sample + start, xs, len);
+      if (p.history >= 1) to_float_array(hist1 + start, h1s, len);
+      if (p.history >= 2) to_float_array(hist2 + start, h2s, len);
       xp = xs;
       pp = ps;
     }
@@ -121,7 +102,7 @@ void run(const SamplerStepParams& p) {
     } else if (p.noise_dtype == kFloat32) {
       zp = reinterpret_cast<const float*>(p.noise) + start;
     } else {
-      for (int64_t j = 0; j < len; ++j) zs[j] = load_any_dtype(p.noise, p.noise_dtype, start + j);
+      for (int64_t j = 0; j < len; ++j) zs[j] = load_as_float(p.noise, p.noise_dtype, start + j);
     }
     for (int64_t i = start; i < start + len;) {
       const int64_t b = i / inner;
@@ -138,7 +119,7 @@ void run(const SamplerStepParams& p) {
       } else if constexpr (f32) {
         mp = model + midx;
       } else {
-        load_f32(model + midx, ms + o, rl);
+        to_float_array(model + midx, ms + o, rl);
       }
       if (p.mode_abs_x0) {
         float* out = reinterpret_cast<float*>(p.out) + i;
@@ -150,8 +131,8 @@ void run(const SamplerStepParams& p) {
       i = run_end;
     }
     if (p.mode_abs_x0) continue;
-    if constexpr (!f32) store_f32(reinterpret_cast<T*>(p.out) + start, ps, len);
-    if (p.out_aux != 0 && p.aux_dtype != kFloat32) store_f32(reinterpret_cast<T*>(p.out_aux) + start, cs, len);
+    if constexpr (!f32) from_float_array(reinterpret_cast<T*>(p.out) + start, ps, len);
+    if (p.out_aux != 0 && p.aux_dtype != kFloat32) from_float_array(reinterpret_cast<T*>(p.out_aux) + start, cs, len);
   }
 }
 

@@ -103,4 +103,26 @@ template <> struct Convert<BFloat16> {
   static inline void store(BFloat16* p, float v) { p->bits = float_to_bf16_bits(v); }
 };
 
+// A run of elements converted to / from fp32 (the CPU kernels' scalar paths; csrc/vec_cpu.inc has the
+// vector ones).
+template <typename T>
+inline void to_float_array(const T* src, float* dst, int64_t len) {
+  for (int64_t j = 0; j < len; ++j) dst[j] = Convert<T>::load(src + j);
+}
+template <typename T>
+inline void from_float_array(T* dst, const float* src, int64_t len) {
+  for (int64_t j = 0; j < len; ++j) Convert<T>::store(dst + j, src[j]);
+}
+
+// Element i of a tensor given by its address and DType code, as fp32 (a CPU kernel's noise tensor, whose
+// dtype may differ from the data's).
+inline float load_as_float(uintptr_t base, int dtype, int64_t i) {
+  switch (dtype) {
+    case kFloat32: return reinterpret_cast<const float*>(base)[i];
+    case kFloat16: return half_bits_to_float(reinterpret_cast<const uint16_t*>(base)[i]);
+    case kBFloat16: return bf16_bits_to_float(reinterpret_cast<const uint16_t*>(base)[i]);
+    default: return static_cast<float>(reinterpret_cast<const double*>(base)[i]);
+  }
+}
+
 }  // namespace genfast

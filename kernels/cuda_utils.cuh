@@ -7,6 +7,8 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include "common.cuh"
+
 #include <stdexcept>
 #include <string>
 
@@ -83,5 +85,53 @@ template <> __device__ __forceinline__ float from_f32<float>(float v) { return v
 template <> __device__ __forceinline__ double from_f32<double>(float v) { return static_cast<double>(v); }
 template <> __device__ __forceinline__ __half from_f32<__half>(float v) { return __float2half_rn(v); }
 template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
+// Element i of a tensor given by its address and DType code (common.cuh), as fp32: a noise tensor whose
+// dtype may differ from the data's.
+__device__ __forceinline__ float load_any(uintptr_t base, int dtype, int64_t i) {
+  switch (dtype) {
+    case kFloat32: return reinterpret_cast<const float*>(base)[i];
+    case kFloat16: return __half2float(reinterpret_cast<const __half*>(base)[i]);
+    case kBFloat16: return __bfloat162float(reinterpret_cast<const __nv_bfloat16*>(base)[i]);
+    default: return static_cast<float>(reinterpret_cast<const double*>(base)[i]);
+  }
+}
+
+// kG elements at ptr + i as fp32: kG * sizeof(T) / 16 16-byte loads when `vec` (ptr + i 16-byte aligned,
+// all kG valid), else one element at a time (n_valid of them, the rest 0).
+template <typename T, int kG>
+__device__ __forceinline__ void load_group(const T* __restrict__ ptr, int64_t i, int64_t n_valid, bool vec, float* dst) {
+  static_assert(kG * sizeof(T) % 16 == 0, "a group is a whole number of 16-byte words");
+  if (vec) {
+    alignas(16) T buf[kG];
+#pragma unroll
+    for (int k = 0; k < kG * static_cast<int>(sizeof(T)) / 16; ++k)
+      reinterpret_cast<uint4*>(buf)[k] = load_global16(reinterpret_cast<const uint4*>(ptr + i) + k);
+#pragma unroll
+    for (int k = 0; k < kG; ++k) dst[k] = to_f32<T>(buf[k]);
+  } else {
+#pragma unroll
+    for (int k = 0; k < kG; ++k) dst[k] = k < n_valid ? to_f32<T>(ptr[i + k]) : 0.0f;
+  }
+}
+
+// ptr[i + k] = scale * src[k] for the group (16-byte stores when `vec`, else the n_valid first); a scale
+// of 1 is exact (and folded away).
+template <typename T, int kG>
+__device__ __forceinline__ void store_group(T* __restrict__ ptr, int64_t i, int64_t n_valid, bool vec, const float* src,
+                                            float scale = 1.0f) {
+  if (vec) {
+    alignas(16) T buf[kG];
+#pragma unroll
+    for (int k = 0; k < kG; ++k) buf[k] = from_f32<T>(scale * src[k]);
+#pragma unroll
+    for (int k = 0; k < kG * static_cast<int>(sizeof(T)) / 16; ++k)
+      store_global16(reinterpret_cast<uint4*>(ptr + i) + k, reinterpret_cast<const uint4*>(buf)[k]);
+  } else {
+#pragma unroll
+    for (int k = 0; k < kG; ++k)
+      if (k < n_valid) ptr[i + k] = from_f32<T>(scale * src[k]);
+  }
+}
 
 }  // namespace genfast

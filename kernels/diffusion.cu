@@ -13,52 +13,6 @@
 namespace genfast {
 namespace {
 
-
-__device__ __forceinline__ float load_any(uintptr_t base, int dtype, int64_t i) {
-  switch (dtype) {
-    case kFloat32: return reinterpret_cast<const float*>(base)[i];
-    case kFloat16: return __half2float(reinterpret_cast<const __half*>(base)[i]);
-    case kBFloat16: return __bfloat162float(reinterpret_cast<const __nv_bfloat16*>(base)[i]);
-    default: return static_cast<float>(reinterpret_cast<const double*>(base)[i]);
-  }
-}
-
-// Load kG elements starting at ptr + i into fp32 (16-byte vector loads when `vec`).
-template <typename T, int kG>
-__device__ __forceinline__ void load_group(const T* __restrict__ ptr, int64_t i, int64_t n_valid, bool vec, float* dst) {
-  if (vec) {
-    alignas(16) T buf[kG];
-#pragma unroll
-    for (int k = 0; k < kG * (int)sizeof(T) / 16; ++k)
-      reinterpret_cast<uint4*>(buf)[k] = load_global16(reinterpret_cast<const uint4*>(ptr + i) + k);
-#pragma unroll
-    for (int k = 0; k < kG; ++k) dst[k] = to_f32<T>(buf[k]);
-  } else {
-#pragma unroll
-    for (int k = 0; k < kG; ++k) dst[k] = k < n_valid ? to_f32<T>(ptr[i + k]) : 0.0f;
-  }
-}
-
-template <typename T, int kG>
-__device__ __forceinline__ void store_group(T* __restrict__ ptr, int64_t i, int64_t n_valid, bool vec, const float* src) {
-  if (vec) {
-    alignas(16) T buf[kG];
-#pragma unroll
-    for (int k = 0; k < kG; ++k) buf[k] = from_f32<T>(src[k]);
-#pragma unroll
-    for (int k = 0; k < kG * (int)sizeof(T) / 16; ++k)
-      store_global16(reinterpret_cast<uint4*>(ptr + i) + k, reinterpret_cast<const uint4*>(buf)[k]);
-  } else {
-#pragma unroll
-    for (int k = 0; k < kG; ++k)
-      if (k < n_valid) ptr[i + k] = from_f32<T>(src[k]);
-  }
-}
-
-__device__ __forceinline__ float alpha_at(const float* ptr, bool each, float value, int64_t b) {
-  return ptr ? ptr[each ? b : 0] : value;
-}
-
 // Coefficients (and the thresholding scale) of sample b.
 struct SampleCoeffs {
   StepCoeffs c;

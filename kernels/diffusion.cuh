@@ -89,6 +89,11 @@ GF_HD StepCoeffs step_coeffs(int kind, int variance_type, int noise_mode, float 
 }
 
 // torch.clamp: max with lo, then min with hi (so lo > hi gives hi everywhere); NaN stays NaN.
+// A cumulative alpha of batch sample b: per-sample ([B] at ptr, each), one value at ptr, or the scalar.
+GF_HD float alpha_at(const float* ptr, bool each, float value, int64_t b) {
+  return ptr ? ptr[each ? b : 0] : value;
+}
+
 GF_HD float clamp_nan(float v, float lo, float hi) {
   const float t = v < lo ? lo : v;
   return t > hi ? hi : t;

@@ -14,56 +14,6 @@
 namespace genfast {
 namespace {
 
-__device__ __forceinline__ float load_scalar(uintptr_t base, int dtype, int64_t i) {
-  switch (dtype) {
-    case kFloat32: return reinterpret_cast<const float*>(base)[i];
-    case kFloat16: return __half2float(reinterpret_cast<const __half*>(base)[i]);
-    case kBFloat16: return __bfloat162float(reinterpret_cast<const __nv_bfloat16*>(base)[i]);
-    default: return static_cast<float>(reinterpret_cast<const double*>(base)[i]);
-  }
-}
-
-// kG elements at ptr + i as fp32: kG * sizeof(T) / 16 16-byte loads when `vec` (ptr + i 16-byte
-// aligned, all kG valid), else one element at a time (n_valid of them, the rest 0).
-template <typename T, int kG>
-__device__ __forceinline__ void load_floats(const T* __restrict__ ptr, int64_t i, int64_t n_valid, bool vec,
-                                            float* dst) {
-  static_assert(kG * sizeof(T) % 16 == 0, "a group is a whole number of 16-byte words");
-  if (vec) {
-    alignas(16) T buf[kG];
-#pragma unroll
-    for (int k = 0; k < kG * static_cast<int>(sizeof(T)) / 16; ++k)
-      reinterpret_cast<uint4*>(buf)[k] = load_global16(reinterpret_cast<const uint4*>(ptr + i) + k);
-#pragma unroll
-    for (int k = 0; k < kG; ++k) dst[k] = to_f32<T>(buf[k]);
-  } else {
-#pragma unroll
-    for (int k = 0; k < kG; ++k) dst[k] = k < n_valid ? to_f32<T>(ptr[i + k]) : 0.0f;
-  }
-}
-
-// ptr[i + k] = scale * src[k] for the group (16-byte stores when `vec`); scale 1 is exact.
-template <typename T, int kG>
-__device__ __forceinline__ void store_floats(T* __restrict__ ptr, int64_t i, int64_t n_valid, bool vec,
-                                             const float* src, float scale) {
-  if (vec) {
-    alignas(16) T buf[kG];
-#pragma unroll
-    for (int k = 0; k < kG; ++k) buf[k] = from_f32<T>(scale * src[k]);
-#pragma unroll
-    for (int k = 0; k < kG * static_cast<int>(sizeof(T)) / 16; ++k)
-      store_global16(reinterpret_cast<uint4*>(ptr + i) + k, reinterpret_cast<const uint4*>(buf)[k]);
-  } else {
-#pragma unroll
-    for (int k = 0; k < kG; ++k)
-      if (k < n_valid) ptr[i + k] = from_f32<T>(scale * src[k]);
-  }
-}
-
-__device__ __forceinline__ float alpha_at(const float* ptr, bool each, float value, int64_t b) {
-  return ptr ? ptr[each ? b : 0] : value;
-}
-
 __device__ __forceinline__ StepCoeffs coeffs_of(const StepParams& p, const float* at_ptr, const float* ap_ptr,
                                                 int64_t b) {
   return step_coeffs(p.kind, p.variance_type, p.noise_mode, p.eta, alpha_at(at_ptr, p.alpha_t_per_sample, p.alpha_t, b),
@@ -113,10 +63,10 @@ __global__ void __launch_bounds__(256, 2) diffusion_step_backward_kernel(const S
     const int64_t n_valid = n - i0 < kG ? n - i0 : kG;
     const bool vec = aligned && n_valid == kG;
     float x[kG], m[kG], v[kG], z[kG], gp[kG], gx0[kG], gx[kG], gm[kG], gv[kG], gz[kG];
-    load_floats<T, kG>(sample, i0, n_valid, vec, x);
-    load_floats<T, kG>(grad_prev, i0, n_valid, vec, gp);
+    load_group<T, kG>(sample, i0, n_valid, vec, x);
+    load_group<T, kG>(grad_prev, i0, n_valid, vec, gp);
     if (grad_x0) {
-      load_floats<T, kG>(grad_x0, i0, n_valid, vec, gx0);
+      load_group<T, kG>(grad_x0, i0, n_valid, vec, gx0);
     } else {
 #pragma unroll
       for (int k = 0; k < kG; ++k) gx0[k] = 0.0f;
@@ -124,15 +74,15 @@ __global__ void __launch_bounds__(256, 2) diffusion_step_backward_kernel(const S
     const int64_t b0 = per_sample || learned ? i0 / inner : 0;
     const int64_t m0 = learned ? i0 + b0 * inner : i0;  // model index of element i0 (b * 2 * inner + j)
     if (model_runs) {
-      load_floats<T, kG>(model, m0, n_valid, vec, m);
+      load_group<T, kG>(model, m0, n_valid, vec, m);
       if (p.guidance) {
         float c[kG];
-        load_floats<T, kG>(cond, m0, n_valid, vec, c);
+        load_group<T, kG>(cond, m0, n_valid, vec, c);
 #pragma unroll
         for (int k = 0; k < kG; ++k) m[k] = m[k] + w * (c[k] - m[k]);
       }
       if (learned) {
-        load_floats<T, kG>(p.guidance ? cond : model, m0 + inner, n_valid, vec, v);
+        load_group<T, kG>(p.guidance ? cond : model, m0 + inner, n_valid, vec, v);
       } else {
 #pragma unroll
         for (int k = 0; k < kG; ++k) v[k] = 0.0f;
@@ -166,10 +116,10 @@ __global__ void __launch_bounds__(256, 2) diffusion_step_backward_kernel(const S
           z[4 * c + 3] = nz.w;
         }
       } else if (noise_vec && n_valid == kG) {
-        load_floats<T, kG>(reinterpret_cast<const T*>(p.noise), i0, n_valid, true, z);
+        load_group<T, kG>(reinterpret_cast<const T*>(p.noise), i0, n_valid, true, z);
       } else {
 #pragma unroll
-        for (int k = 0; k < kG; ++k) z[k] = k < n_valid ? load_scalar(p.noise, p.noise_dtype, i0 + k) : 0.0f;
+        for (int k = 0; k < kG; ++k) z[k] = k < n_valid ? load_any(p.noise, p.noise_dtype, i0 + k) : 0.0f;
       }
     } else {
 #pragma unroll
@@ -190,22 +140,22 @@ __global__ void __launch_bounds__(256, 2) diffusion_step_backward_kernel(const S
       gv[k] = e.v;
       gz[k] = e.z;
     }
-    if (grad_sample) store_floats<T, kG>(grad_sample, i0, n_valid, vec, gx, 1.0f);
-    if (grad_noise) store_floats<T, kG>(grad_noise, i0, n_valid, vec, gz, 1.0f);
+    if (grad_sample) store_group<T, kG>(grad_sample, i0, n_valid, vec, gx, 1.0f);
+    if (grad_noise) store_group<T, kG>(grad_noise, i0, n_valid, vec, gz, 1.0f);
     if (model_runs) {
       if (grad_model) {
-        store_floats<T, kG>(grad_model, m0, n_valid, vec, gm, w_uncond);
+        store_group<T, kG>(grad_model, m0, n_valid, vec, gm, w_uncond);
         if (learned) {  // the variance channels: from cond under guidance (no gradient to model's)
           if (p.guidance) {
-            store_floats<T, kG>(grad_model, m0 + inner, n_valid, vec, zeros, 1.0f);
+            store_group<T, kG>(grad_model, m0 + inner, n_valid, vec, zeros, 1.0f);
           } else {
-            store_floats<T, kG>(grad_model, m0 + inner, n_valid, vec, gv, 1.0f);
+            store_group<T, kG>(grad_model, m0 + inner, n_valid, vec, gv, 1.0f);
           }
         }
       }
       if (grad_cond) {
-        store_floats<T, kG>(grad_cond, m0, n_valid, vec, gm, w);
-        if (learned) store_floats<T, kG>(grad_cond, m0 + inner, n_valid, vec, gv, 1.0f);
+        store_group<T, kG>(grad_cond, m0, n_valid, vec, gm, w);
+        if (learned) store_group<T, kG>(grad_cond, m0 + inner, n_valid, vec, gv, 1.0f);
       }
     } else {
       int64_t bb = b0;

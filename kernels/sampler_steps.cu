@@ -14,47 +14,6 @@
 namespace genfast {
 namespace {
 
-__device__ __forceinline__ float sampler_load_any(uintptr_t base, int dtype, int64_t i) {
-  switch (dtype) {
-    case kFloat32: return reinterpret_cast<const float*>(base)[i];
-    case kFloat16: return __half2float(reinterpret_cast<const __half*>(base)[i]);
-    case kBFloat16: return __bfloat162float(reinterpret_cast<const __nv_bfloat16*>(base)[i]);
-    default: return static_cast<float>(reinterpret_cast<const double*>(base)[i]);
-  }
-}
-
-// kG elements at ptr + i as fp32: 16-byte vector loads when `vec`, else element loads of the n_valid.
-template <typename T, int kG>
-__device__ __forceinline__ void sampler_load(const T* __restrict__ ptr, int64_t i, int64_t n_valid, bool vec, float* dst) {
-  if (vec) {
-    alignas(16) T buf[kG];
-#pragma unroll
-    for (int k = 0; k < kG * (int)sizeof(T) / 16; ++k)
-      reinterpret_cast<uint4*>(buf)[k] = load_global16(reinterpret_cast<const uint4*>(ptr + i) + k);
-#pragma unroll
-    for (int k = 0; k < kG; ++k) dst[k] = to_f32<T>(buf[k]);
-  } else {
-#pragma unroll
-    for (int k = 0; k < kG; ++k) dst[k] = k < n_valid ? to_f32<T>(ptr[i + k]) : 0.0f;
-  }
-}
-
-template <typename T, int kG>
-__device__ __forceinline__ void sampler_store(T* __restrict__ ptr, int64_t i, int64_t n_valid, bool vec, const float* src) {
-  if (vec) {
-    alignas(16) T buf[kG];
-#pragma unroll
-    for (int k = 0; k < kG; ++k) buf[k] = from_f32<T>(src[k]);
-#pragma unroll
-    for (int k = 0; k < kG * (int)sizeof(T) / 16; ++k)
-      store_global16(reinterpret_cast<uint4*>(ptr + i) + k, reinterpret_cast<const uint4*>(buf)[k]);
-  } else {
-#pragma unroll
-    for (int k = 0; k < kG; ++k)
-      if (k < n_valid) ptr[i + k] = from_f32<T>(src[k]);
-  }
-}
-
 // `model_vec`: the model output (and cond) are read with vector loads (aligned, batch stride == inner).
 template <typename T, int kCPR>
 __global__ void __launch_bounds__(256) sampler_step_kernel(const SamplerStepParams p, bool aligned, bool model_vec) {
@@ -78,12 +37,12 @@ __global__ void __launch_bounds__(256) sampler_step_kernel(const SamplerStepPara
     const int64_t n_valid = n - i0 < kG ? n - i0 : kG;
     const bool vec = aligned && n_valid == kG;
     float x[kG], m[kG], h1[kG], h2[kG], z[kG], prev[kG], conv[kG];
-    sampler_load<T, kG>(sample, i0, n_valid, vec, x);
+    load_group<T, kG>(sample, i0, n_valid, vec, x);
     if (!strided) {
-      sampler_load<T, kG>(model, i0, n_valid, vec && model_vec, m);
+      load_group<T, kG>(model, i0, n_valid, vec && model_vec, m);
       if (p.guidance) {
         float c[kG];
-        sampler_load<T, kG>(cond, i0, n_valid, vec && model_vec, c);
+        load_group<T, kG>(cond, i0, n_valid, vec && model_vec, c);
 #pragma unroll
         for (int k = 0; k < kG; ++k) m[k] = m[k] + p.guidance_scale * (c[k] - m[k]);
       }
@@ -101,8 +60,8 @@ __global__ void __launch_bounds__(256) sampler_step_kernel(const SamplerStepPara
         m[k] = mm;
       }
     }
-    if (p.history >= 1) sampler_load<T, kG>(reinterpret_cast<const T*>(p.hist1), i0, n_valid, vec, h1);
-    if (p.history >= 2) sampler_load<T, kG>(reinterpret_cast<const T*>(p.hist2), i0, n_valid, vec, h2);
+    if (p.history >= 1) load_group<T, kG>(reinterpret_cast<const T*>(p.hist1), i0, n_valid, vec, h1);
+    if (p.history >= 2) load_group<T, kG>(reinterpret_cast<const T*>(p.hist2), i0, n_valid, vec, h2);
 #pragma unroll
     for (int k = 0; k < kG; ++k) {
       z[k] = 0.0f;
@@ -121,7 +80,7 @@ __global__ void __launch_bounds__(256) sampler_step_kernel(const SamplerStepPara
         }
       } else {
 #pragma unroll
-        for (int k = 0; k < kG; ++k) z[k] = k < n_valid ? sampler_load_any(p.noise, p.noise_dtype, i0 + k) : 0.0f;
+        for (int k = 0; k < kG; ++k) z[k] = k < n_valid ? load_any(p.noise, p.noise_dtype, i0 + k) : 0.0f;
       }
     }
     if (p.mode_abs_x0) {
@@ -139,7 +98,7 @@ __global__ void __launch_bounds__(256) sampler_step_kernel(const SamplerStepPara
       }
       prev[k] = sampler_element(p, x[k], m[k], h1[k], h2[k], z[k], thresholding, s, conv[k]);
     }
-    sampler_store<T, kG>(reinterpret_cast<T*>(p.out), i0, n_valid, vec, prev);
+    store_group<T, kG>(reinterpret_cast<T*>(p.out), i0, n_valid, vec, prev);
     if (p.out_aux == 0) continue;
     if (p.aux_dtype == kFloat32) {
       float* aux = reinterpret_cast<float*>(p.out_aux);
@@ -147,7 +106,7 @@ __global__ void __launch_bounds__(256) sampler_step_kernel(const SamplerStepPara
       for (int k = 0; k < kG; ++k)
         if (k < n_valid) aux[i0 + k] = conv[k];
     } else {
-      sampler_store<T, kG>(reinterpret_cast<T*>(p.out_aux), i0, n_valid, vec, conv);
+      store_group<T, kG>(reinterpret_cast<T*>(p.out_aux), i0, n_valid, vec, conv);
     }
   }
 }
